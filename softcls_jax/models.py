@@ -1,0 +1,176 @@
+"""Flax NNX classifiers behind one pure boundary: ``init(key) -> params``, ``apply(params, x) -> logits``.
+
+The engine never touches modules: it stacks ``params`` pytrees along a config axis and maps
+``apply`` over them with ``jax.vmap``. ``nnx.split`` runs once (on an abstract model) to get the
+graph definition; ``nnx.merge`` rebuilds the module inside the pure function.
+
+Models (claim C2: ``y = b' + W' σ(b + W x)``, one logit per class, no output activation):
+
+* ``linear``: softmax regression ``z = x W + b`` (C17: its decisions are affine in ``x``);
+* ``mlp``: hidden layers with σ ∈ {relu, sigmoid, tanh, gelu};
+* ``cnn1d``: the small 1-D CNN of the MNIST-1D paper (3 conv layers, stride 2, then a linear layer).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+Params = Any  # an nnx.State pytree whose leaves are arrays
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "relu": jax.nn.relu,
+    "sigmoid": jax.nn.sigmoid,
+    "tanh": jnp.tanh,
+    "gelu": jax.nn.gelu,
+}
+MODELS = ("linear", "mlp", "cnn1d")
+
+
+def _activation(name: str) -> Callable[[Array], Array]:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+class SoftmaxRegression(nnx.Module):
+    """``z = x W + b``: one affine map to the logits (C17)."""
+
+    def __init__(self, in_features: int, num_classes: int, *, rngs: nnx.Rngs):
+        self.out = nnx.Linear(in_features, num_classes, rngs=rngs)
+
+    def __call__(self, x: Array) -> Array:
+        return self.out(x)
+
+
+class MLP(nnx.Module):
+    """``y = b' + W' σ(b + W x)`` with any number of hidden layers (C2)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden: Sequence[int],
+        num_classes: int,
+        activation: str = "relu",
+        *,
+        rngs: nnx.Rngs,
+    ):
+        sizes = [in_features, *hidden]
+        self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(sizes)])
+        self.out = nnx.Linear(sizes[-1], num_classes, rngs=rngs)
+        self.activation = _activation(activation)
+
+    def __call__(self, x: Array) -> Array:
+        for layer in self.hidden:
+            x = self.activation(layer(x))
+        return self.out(x)
+
+
+class CNN1D(nnx.Module):
+    """The MNIST-1D paper's CNN: conv(5, stride 2) → conv(3, s2) → conv(3, s2), ReLU, then linear.
+
+    Input ``(N, L)`` sequences; padding 1 on each conv as in the paper's PyTorch code.
+    """
+
+    def __init__(self, length: int, num_classes: int, channels: int = 25, *, rngs: nnx.Rngs):
+        conv = lambda cin, k: nnx.Conv(
+            cin, channels, kernel_size=(k,), strides=(2,), padding=[(1, 1)], rngs=rngs
+        )
+        self.convs = nnx.List([conv(1, 5), conv(channels, 3), conv(channels, 3)])
+        out_length = length
+        for k in (5, 3, 3):
+            out_length = (out_length + 2 - k) // 2 + 1
+        self.out = nnx.Linear(out_length * channels, num_classes, rngs=rngs)
+
+    def __call__(self, x: Array) -> Array:
+        h = x[..., None]  # (N, L, 1): channels last
+        for conv in self.convs:
+            h = jax.nn.relu(conv(h))
+        return self.out(h.reshape(*h.shape[:-2], -1))
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A classifier as two pure functions (the engine's only view of a model).
+
+    Attributes:
+      name: registry name.
+      init: ``key -> params``; kernels are multiplied by ``init_scale``.
+      apply: ``(params, x (N, D)) -> logits (N, C)``.
+      num_params: parameter count.
+    """
+
+    name: str
+    init: Callable[[Array], Params]
+    apply: Callable[[Params, Array], Array]
+    num_params: int
+
+
+def make_model(
+    name: str,
+    in_features: int,
+    num_classes: int,
+    hidden: Sequence[int] = (128,),
+    activation: str = "relu",
+    init_scale: float = 1.0,
+    channels: int = 25,
+) -> Model:
+    """Builds a :class:`Model` by name (``linear``, ``mlp`` or ``cnn1d``).
+
+    Args:
+      name: model name.
+      in_features: ``D`` (for ``cnn1d``, the sequence length).
+      num_classes: ``C``.
+      hidden: hidden widths of ``mlp``.
+      activation: σ of ``mlp``.
+      init_scale: multiplies every initial weight matrix (biases start at 0); a large value starts
+        the model confidently wrong (C13).
+      channels: conv channels of ``cnn1d``.
+
+    Raises:
+      ValueError: unknown name or activation, non-positive sizes or scale.
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; expected one of {list(MODELS)}")
+    if in_features < 1 or num_classes < 2:
+        raise ValueError(
+            f"need in_features >= 1 and num_classes >= 2, got {in_features}, {num_classes}"
+        )
+    if any(h < 1 for h in hidden):
+        raise ValueError(f"hidden sizes must be positive, got {list(hidden)}")
+    if not init_scale > 0:
+        raise ValueError(f"init_scale must be > 0, got {init_scale}")
+    _activation(activation)
+
+    def construct(key: Array) -> nnx.Module:
+        rngs = nnx.Rngs(params=key)
+        if name == "linear":
+            return SoftmaxRegression(in_features, num_classes, rngs=rngs)
+        if name == "mlp":
+            return MLP(in_features, hidden, num_classes, activation, rngs=rngs)
+        return CNN1D(in_features, num_classes, channels, rngs=rngs)
+
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: construct(jax.random.key(0))))
+
+    def init(key: Array) -> Params:
+        params = nnx.state(construct(key), nnx.Param)
+        return jax.tree_util.tree_map_with_path(
+            lambda path, w: w * init_scale if _is_kernel(path) else w, params
+        )
+
+    def apply(params: Params, x: Array) -> Array:
+        return nnx.merge(graphdef, params)(x)
+
+    num_params = sum(leaf.size for leaf in jax.tree.leaves(abstract))
+    return Model(name, init, apply, num_params)
+
+
+def _is_kernel(path: tuple) -> bool:
+    return any(getattr(k, "key", None) == "kernel" for k in path)

@@ -1,0 +1,168 @@
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from softcls_jax import data, engine, losses, models
+
+
+@functools.cache
+def digits():
+    return data.load("digits")
+
+
+def _trainer(grid, steps=40, eval_every=20, hidden=(16,), model="mlp", optimizer="sgd", batch=64):
+    d = digits()
+    m = models.make_model(model, d.num_features, d.num_classes, hidden=hidden)
+    return engine.GridTrainer(m, d, grid, engine.TrainSettings(optimizer, steps, batch, eval_every))
+
+
+def test_compilations_do_not_depend_on_learning_rates_seeds_or_losses():
+    small = _trainer(engine.Grid(("ce",), (0.1,), (0,)))
+    small.train()
+    big = _trainer(engine.Grid(("ce", "mse", "square"), (0.01, 0.1, 0.3, 1.0), (0, 1, 2)))
+    big.train()
+    assert small.num_traces == big.num_traces == 1
+    uneven = _trainer(
+        engine.Grid(("ce",), (0.1,), (0,)), steps=50, eval_every=20
+    )  # chunks 20, 20, 10
+    uneven.train()
+    assert uneven.num_traces == 2
+
+
+def test_common_random_numbers():
+    trainer = _trainer(engine.Grid(("ce", "mse"), (0.05, 0.2), (0, 1)))
+    state = trainer.init_state()
+    kernel = np.asarray(state.params["out"]["kernel"])  # (S, K, H, C)
+    for k in range(1, 4):  # every config of a seed starts from the same parameters
+        np.testing.assert_array_equal(kernel[0, k], kernel[0, 0])
+    assert not np.array_equal(kernel[0, 0], kernel[1, 0])  # seeds differ in init
+    lrs = np.asarray(state.opt_state.hyperparams["learning_rate"])
+    np.testing.assert_allclose(lrs, [[0.05, 0.2, 0.05, 0.2]] * 2)
+    # same seed, same batches: the index stream depends on the seed alone
+    idx = jax.vmap(trainer._batch_indices, (0, None))(trainer._data_keys, jnp.int32(3))
+    assert not np.array_equal(idx[0], idx[1])
+    again = trainer._batch_indices(trainer._data_keys[0], jnp.int32(3))
+    np.testing.assert_array_equal(idx[0], again)
+
+
+def test_divergence_is_frozen_and_isolated():
+    _, h_ref = _trainer(engine.Grid(("ce", "mse"), (0.01, 0.1), (0, 1))).train()
+    with_absurd = _trainer(engine.Grid(("ce", "mse"), (0.01, 0.1, 1e6), (0, 1)))
+    state, h = with_absurd.train()
+    diverged = engine.diverged_steps(state)
+    assert np.all(diverged[:, 2] >= 0)  # CE with lr 1e6 blows up
+    assert np.all(diverged[:, [0, 1, 3, 4]] == -1)
+    for name in engine.METRICS:
+        for ref_rec, rec in zip(h_ref, h, strict=True):
+            # shared configs are bitwise identical with or without the diverging neighbour
+            np.testing.assert_array_equal(ref_rec[name], rec[name][:, [0, 1, 3, 4]], err_msg=name)
+            if rec["step"] > diverged[0, 2]:
+                assert np.all(np.isnan(rec[name][:, 2]))
+    finite = [np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params)]
+    assert all(finite)  # frozen at the last finite state, never NaN
+
+
+def _plain_optax_loop(lr, seed, steps, batch, loss_fn, hidden):
+    """One config trained the ordinary way: a Python loop over optax steps."""
+    d = digits()
+    model = models.make_model("mlp", d.num_features, d.num_classes, hidden=hidden)
+    params = model.init(jax.random.fold_in(jax.random.key(seed), 0))
+    tx = optax.sgd(lr)
+    opt_state = tx.init(params)
+    data_key = jax.random.fold_in(jax.random.key(seed), 1)
+    n = d.x_train.shape[0]
+    per_epoch = n // batch
+
+    @jax.jit
+    def step(params, opt_state, xb, yb):
+        _loss, grads = jax.value_and_grad(lambda p: loss_fn(model.apply(p, xb), yb).mean())(params)
+        updates, opt_state = tx.update(grads, opt_state)
+        return optax.apply_updates(params, updates), opt_state
+
+    for t in range(steps):
+        perm = np.asarray(jax.random.permutation(jax.random.fold_in(data_key, t // per_epoch), n))
+        idx = perm[(t % per_epoch) * batch : (t % per_epoch + 1) * batch]
+        params, opt_state = step(params, opt_state, d.x_train[idx], d.y_train[idx])
+    return params
+
+
+def test_grid_config_matches_plain_optax_loop():
+    steps, batch = 60, 64  # 60 steps cross an epoch boundary (22 batches of 64 per epoch)
+    trainer = _trainer(engine.Grid(("ce", "mse"), (0.03, 0.3), (0, 7)), steps=steps, batch=batch)
+    state, _ = trainer.train()
+    for s, seed in enumerate((0, 7)):
+        for k, (loss, lr) in enumerate([("ce", 0.03), ("ce", 0.3), ("mse", 0.03), ("mse", 0.3)]):
+            alone = _plain_optax_loop(lr, seed, steps, batch, losses.get_loss(loss), (16,))
+            in_grid = jax.tree.map(lambda x, s=s, k=k: x[s, k], state.params)
+            chex.assert_trees_all_close(in_grid, alone, atol=2e-5, rtol=2e-5)
+
+
+def test_softmax_regression_ce_reaches_sklearn_logistic_regression():
+    d = digits()
+    reference = (
+        LogisticRegression(max_iter=5000).fit(d.x_train, d.y_train).score(d.x_test, d.y_test)
+    )
+    trainer = _trainer(engine.Grid(("ce",), (0.1,), (0, 1, 2)), steps=2000, eval_every=1000,
+                       model="linear", batch=128)  # fmt: skip
+    _, history = trainer.train()
+    accuracy = float(np.mean(history[-1]["test_accuracy"]))
+    assert accuracy >= reference - 0.01, (accuracy, reference)
+
+
+@pytest.mark.parametrize("optimizer", ["momentum", "adam"])
+def test_other_optimizers_learn(optimizer):
+    trainer = _trainer(engine.Grid(("ce",), (0.01,), (0,)), steps=100, optimizer=optimizer)
+    _, history = trainer.train()
+    assert history[-1]["test_accuracy"][0, 0] > 0.8
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: engine.Grid(("hinge",), (0.1,), (0,)), "unknown loss 'hinge'"),
+        (lambda: engine.Grid(("ce",), (0.0,), (0,)), "finite number > 0"),
+        (lambda: engine.Grid(("ce",), (float("nan"),), (0,)), "finite number > 0"),
+        (lambda: engine.Grid(("ce",), ("0.1",), (0,)), "must be a number"),
+        (lambda: engine.Grid(("ce",), (0.1, 0.1), (0,)), "must not repeat"),
+        (lambda: engine.Grid(("ce",), (0.1,), (-1,)), "seeds must be integers >= 0"),
+        (lambda: engine.TrainSettings(optimizer="lbfgs"), "unknown optimizer 'lbfgs'"),
+        (lambda: engine.TrainSettings(steps=0), "steps must be an integer >= 1"),
+        (lambda: engine.TrainSettings(eval_every=-5), "eval_every must be an integer >= 1"),
+        (
+            lambda: _trainer(engine.Grid(("ce",), (0.1,), (0,)), batch=5000),
+            "larger than the training set",
+        ),
+    ],
+)
+def test_bad_settings_raise(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_a_config_is_bitwise_the_same_in_a_wider_grid():
+    # Same losses, >= 2 seeds and configs: adding learning rates changes no bit of the others.
+    small_state, small = _trainer(engine.Grid(("ce", "mse"), (0.1, 0.5), (0, 1))).train()
+    wide_state, wide = _trainer(engine.Grid(("ce", "mse"), (0.01, 0.1, 0.5, 3.0), (0, 1))).train()
+    shared = [1, 2, 5, 6]  # (ce, 0.1), (ce, 0.5), (mse, 0.1), (mse, 0.5) in the wide grid
+    for name in engine.METRICS:
+        np.testing.assert_array_equal(small[-1][name], wide[-1][name][:, shared], err_msg=name)
+    for a, w in zip(
+        jax.tree.leaves(small_state.params), jax.tree.leaves(wide_state.params), strict=True
+    ):
+        np.testing.assert_array_equal(a, w[:, shared])
+
+
+def test_a_config_alone_agrees_to_float32_rounding():
+    # A 1-config grid compiles a differently fused program (no loss switch, size-1 axes).
+    _, alone = _trainer(engine.Grid(("mse",), (0.1,), (1,))).train()
+    _, grid = _trainer(engine.Grid(("ce", "mse"), (0.01, 0.1, 0.5), (0, 1))).train()
+    for name in engine.METRICS:
+        np.testing.assert_allclose(
+            alone[-1][name][0, 0], grid[-1][name][1, 4], rtol=1e-5, err_msg=name
+        )
