@@ -4,6 +4,7 @@ r"""Trains a whole loss × learning-rate × seed grid as one compiled program an
   python -m experiments.sweep --loss=ce,mse --lrs=0.01,0.1,1 --seeds=5 --workdir=runs/ce_vs_mse
   python -m experiments.sweep --loss=all --model=linear --init_scale=4 --dataset=digits
 
+Checkpoints after every chunk: the same command on the same --workdir resumes an interrupted sweep.
 Writes into --workdir: results.json (settings, versions, devices, per config its final metrics,
 divergence and curves), results.csv, summary.md (tables), and PNG plots. Prints progress per chunk
 and, at the end, a learning-rate × loss table of final test accuracy. Bad flags exit with status 2
@@ -67,6 +68,16 @@ flags.DEFINE_string("data_seed", "0", "Seed of the label noise and of generated 
 flags.DEFINE_string(
     "workdir", "runs/sweep", "Output directory for results.json, results.csv, summary.md and plots."
 )
+flags.DEFINE_bool(
+    "overwrite",
+    False,
+    "Replace a sweep with other settings found in --workdir (otherwise refused).",
+)
+flags.DEFINE_bool(
+    "checked",
+    False,
+    "Also check label ranges inside the compiled program (jax.experimental.checkify).",
+)
 
 FLAG_OF = {"losses": "loss", "learning_rates": "lrs", "seeds": "seeds"}  # spec field -> flag
 
@@ -129,6 +140,7 @@ def spec_from_flags() -> SweepSpec:
         init_scale=_number("init_scale", FLAGS.init_scale),
         label_noise=_number("label_noise", FLAGS.label_noise),
         data_seed=_number("data_seed", FLAGS.data_seed, int),
+        checked=FLAGS.checked,
     )
     try:
         spec.validate()
@@ -156,7 +168,10 @@ def main(argv: Sequence[str]) -> None:
         size = len(spec.losses) * len(spec.learning_rates) * len(spec.seeds)
         print(f"sweep: {size} configs ({len(spec.losses)} losses × {len(spec.learning_rates)} learning rates × "
               f"{len(spec.seeds)} seeds), {spec.model} on {spec.dataset}, {spec.steps} steps", flush=True)  # fmt: skip
-        document = run_sweep(spec, FLAGS.workdir, on_progress=print_progress)
+        document = run_sweep(
+            spec, FLAGS.workdir, on_progress=print_progress, overwrite=FLAGS.overwrite,
+            on_resume=lambda step: print(f"resuming from the checkpoint at step {step}", flush=True),
+        )  # fmt: skip
     except FlagError as e:
         fail(str(e))
     except SettingError as e:

@@ -35,10 +35,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import checkify
 
 from softcls_jax import losses as losses_lib
 from softcls_jax import metrics
 from softcls_jax.data import Dataset
+from softcls_jax.labels import check_labels, check_labels_in_graph
 from softcls_jax.models import Model
 from softcls_jax.optim import check_learning_rate, init_state, make_optimizer
 
@@ -117,6 +119,7 @@ class TrainSettings:
     steps: int = 2000
     batch_size: int = 128
     eval_every: int = 200
+    checked: bool = False  # checkify the label range inside the compiled chunk
 
     def __post_init__(self) -> None:
         make_optimizer(self.optimizer)
@@ -173,6 +176,11 @@ class GridTrainer:
             raise ValueError(
                 f"batch_size {settings.batch_size} is larger than the training set ({n_train})"
             )
+        for name in ("y_train", "y_test"):  # host-side: a bad label would otherwise be silent
+            try:
+                check_labels(getattr(dataset, name), dataset.num_classes)
+            except ValueError as e:
+                raise ValueError(f"{dataset.name}: {name}: {e}") from None
         self.model, self.dataset, self.grid, self.settings = model, dataset, grid, settings
         self.tx = make_optimizer(settings.optimizer)
         self._loss_fns = tuple(losses_lib.get_loss(name) for name in grid.losses)
@@ -193,7 +201,7 @@ class GridTrainer:
         self._compiled: dict[int, Any] = {}  # chunk length -> ahead-of-time compiled executable
         self._init_fn = jax.jit(self._init)
         self._eval_fn = jax.jit(self._evaluate)
-        self._chunk_fn = jax.jit(self._chunk, static_argnames="num_steps", donate_argnums=0)
+        self._chunk_fn = jax.jit(self._chunk_entry, static_argnames="num_steps", donate_argnums=0)
 
     # ---------------------------------------------------------------- pure pieces (traced)
 
@@ -297,7 +305,22 @@ class GridTrainer:
         out["grad_norm"] = jnp.where(alive, jnp.mean(grad_norm, axis=0), jnp.nan)
         return new_state, out
 
+    def _chunk_entry(self, state, data, loss_ids, data_keys, num_steps: int):
+        if not self.settings.checked:
+            return self._chunk(state, data, loss_ids, data_keys, num_steps)
+
+        def checked(state, data, loss_ids, data_keys):
+            for labels in (data[1], data[3]):
+                check_labels_in_graph(labels, self.dataset.num_classes)
+            return self._chunk(state, data, loss_ids, data_keys, num_steps)
+
+        return checkify.checkify(checked)(state, data, loss_ids, data_keys)
+
     # ---------------------------------------------------------------- host-side driver
+
+    def state_template(self) -> GridState:
+        """Shapes and dtypes of :meth:`init_state`, computed without running it."""
+        return jax.eval_shape(self._init, self._init_keys, self._lrs)
 
     def init_state(self) -> GridState:
         """Initial parameters (one draw per seed) and optimizer states with each config's rate."""
@@ -322,7 +345,12 @@ class GridTrainer:
             start = time.perf_counter()
             self._compiled[num_steps] = self._chunk_fn.lower(*args, num_steps=num_steps).compile()
             self.compile_seconds += time.perf_counter() - start
-        state, out = self._compiled[num_steps](*args)
+        result = self._compiled[num_steps](*args)
+        if self.settings.checked:
+            error, result = result
+            if error.get() is not None:
+                raise ValueError(f"checked mode: {error.get()}")
+        state, out = result
         return state, jax.device_get(out)
 
     def chunk_sizes(self, start: int = 0) -> Iterator[int]:

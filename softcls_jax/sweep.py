@@ -8,6 +8,7 @@ setting it concerns (:class:`SettingError`), so a command line can name the flag
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import pathlib
 import time
@@ -17,7 +18,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from softcls_jax import data, engine, models, plots, results
+from softcls_jax import checkpoint, data, engine, models, plots, results
 from softcls_jax.losses import LOSSES
 from softcls_jax.optim import OPTIMIZERS, check_learning_rate
 
@@ -48,6 +49,7 @@ class SweepSpec:
     init_scale: float = 1.0
     label_noise: float = 0.0
     data_seed: int = 0
+    checked: bool = False
 
     def validate(self) -> None:
         """Raises :class:`SettingError` for the first bad field."""
@@ -152,28 +154,23 @@ def build_trainer(spec: SweepSpec, dataset: data.Dataset) -> engine.GridTrainer:
         activation=spec.activation, init_scale=spec.init_scale,
     )  # fmt: skip
     grid = engine.Grid(spec.losses, spec.learning_rates, spec.seeds)
-    settings = engine.TrainSettings(spec.optimizer, spec.steps, spec.batch_size, spec.eval_every)
+    settings = engine.TrainSettings(
+        spec.optimizer, spec.steps, spec.batch_size, spec.eval_every, checked=spec.checked
+    )
     return engine.GridTrainer(model, dataset, grid, settings)
 
 
 Progress = Callable[[int, int, dict, float], None]  # (step, total steps, record, seconds so far)
+SPEC_FILE = "spec.json"
+OWNED_FILES = ("results.json", "results.csv", "summary.md", checkpoint.FILENAME, SPEC_FILE)
 
 
-def run_sweep(
-    spec: SweepSpec, workdir: str | pathlib.Path, on_progress: Progress | None = None
-) -> dict:
-    """Trains the sweep and writes ``results.json``, ``results.csv``, ``summary.md`` and plots.
+def prepare_workdir(spec: SweepSpec, workdir: pathlib.Path, overwrite: bool) -> bool:
+    """Creates ``workdir`` and claims it for ``spec``; returns True if a checkpoint can be resumed.
 
-    Args:
-      spec: the sweep.
-      workdir: output directory (created if needed).
-      on_progress: called after every chunk.
-
-    Returns:
-      The ``results.json`` document.
+    A workdir already holding a sweep with other settings is refused (never silently mixed) unless
+    ``overwrite``, which removes that sweep's files first.
     """
-    spec.validate()
-    workdir = pathlib.Path(workdir)
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         probe = workdir / ".write_test"
@@ -181,15 +178,85 @@ def run_sweep(
         probe.unlink()
     except OSError as e:
         raise SettingError("workdir", f"cannot write to {workdir}: {e.strerror or e}") from None
+    spec_path = workdir / SPEC_FILE
+    if overwrite:
+        for name in (*OWNED_FILES, *PLOTS):
+            (workdir / name).unlink(missing_ok=True)
+    elif spec_path.exists():
+        try:
+            previous = json.loads(spec_path.read_text())
+        except (OSError, ValueError):
+            previous = None
+        if previous != spec.as_dict():
+            changed = _differences(previous, spec.as_dict())
+            raise SettingError(
+                "workdir",
+                f"{workdir} holds a sweep with other settings ({changed}); use another --workdir, "
+                "or --overwrite to replace it",
+            )
+        return (workdir / checkpoint.FILENAME).exists()
+    results.atomic_write_json(spec_path, spec.as_dict())
+    return False
+
+
+def _differences(previous: Any, current: dict) -> str:
+    if not isinstance(previous, dict):
+        return "its spec.json is unreadable"
+    keys = [k for k in current if previous.get(k) != current[k]]
+    keys += [k for k in previous if k not in current]
+    return ", ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in keys) or "unknown"
+
+
+def run_sweep(
+    spec: SweepSpec,
+    workdir: str | pathlib.Path,
+    on_progress: Progress | None = None,
+    overwrite: bool = False,
+    on_resume: Callable[[int], None] | None = None,
+) -> dict:
+    """Trains the sweep and writes ``results.json``, ``results.csv``, ``summary.md`` and plots.
+
+    The state is checkpointed after every chunk; running the same spec on the same workdir again
+    resumes from the last checkpoint and gives the same results as an uninterrupted run.
+
+    Args:
+      spec: the sweep.
+      workdir: output directory (created if needed).
+      on_progress: called after every chunk.
+      overwrite: replace a sweep with other settings found in ``workdir``.
+      on_resume: called with the step a resumed sweep continues from.
+
+    Returns:
+      The ``results.json`` document.
+    """
+    spec.validate()
+    workdir = pathlib.Path(workdir)
+    resumable = prepare_workdir(spec, workdir, overwrite)
     start = time.perf_counter()
     dataset = load_dataset(spec)
     trainer = build_trainer(spec, dataset)
+    state, history = None, None
+    if resumable:
+        try:
+            state, history = checkpoint.restore(
+                workdir / checkpoint.FILENAME, trainer.state_template()
+            )
+        except ValueError as e:
+            raise SettingError("workdir", f"{e}; remove it or use --overwrite") from None
+        if on_resume is not None:
+            on_resume(int(state.step))
+
+    if state is None:
+        state = trainer.init_state()
+        history = [{"step": 0, **trainer.evaluate(state)}]
 
     def on_chunk(state: engine.GridState, record: dict) -> None:
+        # the trainer appended ``record`` to ``history`` already: the checkpoint includes it
+        checkpoint.save(workdir / checkpoint.FILENAME, state, history)
         if on_progress is not None:
             on_progress(record["step"], spec.steps, record, time.perf_counter() - start)
 
-    state, history = trainer.train(on_chunk=on_chunk)
+    state, history = trainer.train(state=state, history=history, on_chunk=on_chunk)
     jax.block_until_ready(state)
     wall = time.perf_counter() - start
     timing = {
