@@ -13,13 +13,12 @@ and a one-line message.
 
 from __future__ import annotations
 
-import math
-import sys
 from collections.abc import Sequence
 
 import numpy as np
 from absl import app, flags
 
+from experiments.cli import FlagError, fail, number, parse_flags
 from softcls_jax import results
 from softcls_jax.losses import LOSSES
 from softcls_jax.sweep import SettingError, SweepSpec, run_sweep
@@ -82,28 +81,11 @@ flags.DEFINE_bool(
 FLAG_OF = {"losses": "loss", "learning_rates": "lrs", "seeds": "seeds"}  # spec field -> flag
 
 
-class FlagError(ValueError):
-    def __init__(self, flag: str, message: str):
-        super().__init__(f"--{flag}: {message}")
-
-
-def _number(flag: str, text: str, kind: type = float) -> float | int:
-    try:
-        value = kind(text)
-    except (TypeError, ValueError):
-        raise FlagError(
-            flag, f"{text!r} is not {'an integer' if kind is int else 'a number'}"
-        ) from None
-    if kind is float and not math.isfinite(value):
-        raise FlagError(flag, f"must be finite, got {text!r}")
-    return value
-
-
 def learning_rates() -> tuple[float, ...]:
     if FLAGS.lrs:
-        return tuple(_number("lrs", t) for t in FLAGS.lrs)
-    lo, hi = _number("lr_min", FLAGS.lr_min), _number("lr_max", FLAGS.lr_max)
-    count = _number("num_lrs", FLAGS.num_lrs, int)
+        return tuple(number("lrs", t) for t in FLAGS.lrs)
+    lo, hi = number("lr_min", FLAGS.lr_min), number("lr_max", FLAGS.lr_max)
+    count = number("num_lrs", FLAGS.num_lrs, int)
     if count < 1:
         raise FlagError("num_lrs", f"must be >= 1, got {count}")
     if not 0 < lo <= hi:
@@ -119,27 +101,27 @@ def spec_from_flags() -> SweepSpec:
     """Parses and validates every flag; raises FlagError naming the flag."""
     names = [n.strip() for n in FLAGS.loss.split(",") if n.strip()]
     losses = tuple(LOSSES) if names == ["all"] else tuple(names)
-    seeds_count = _number("seeds", FLAGS.seeds, int)
+    seeds_count = number("seeds", FLAGS.seeds, int)
     if seeds_count < 1:
         raise FlagError("seeds", f"must be >= 1, got {seeds_count}")
-    first = _number("first_seed", FLAGS.first_seed, int)
+    first = number("first_seed", FLAGS.first_seed, int)
     spec = SweepSpec(
         losses=losses,
         learning_rates=learning_rates(),
         seeds=tuple(range(first, first + seeds_count)),
         dataset=FLAGS.dataset,
         model=FLAGS.model,
-        hidden=tuple(_number("hidden", h, int) for h in FLAGS.hidden)
+        hidden=tuple(number("hidden", h, int) for h in FLAGS.hidden)
         if FLAGS.model == "mlp"
         else (),
         activation=FLAGS.activation,
         optimizer=FLAGS.optimizer,
-        steps=_number("steps", FLAGS.steps, int),
-        batch_size=_number("batch_size", FLAGS.batch_size, int),
-        eval_every=_number("eval_every", FLAGS.eval_every, int),
-        init_scale=_number("init_scale", FLAGS.init_scale),
-        label_noise=_number("label_noise", FLAGS.label_noise),
-        data_seed=_number("data_seed", FLAGS.data_seed, int),
+        steps=number("steps", FLAGS.steps, int),
+        batch_size=number("batch_size", FLAGS.batch_size, int),
+        eval_every=number("eval_every", FLAGS.eval_every, int),
+        init_scale=number("init_scale", FLAGS.init_scale),
+        label_noise=number("label_noise", FLAGS.label_noise),
+        data_seed=number("data_seed", FLAGS.data_seed, int),
         checked=FLAGS.checked,
     )
     try:
@@ -186,20 +168,6 @@ def main(argv: Sequence[str]) -> None:
     t = document["timing"]
     print(f"\nwall {t['wall_s']:.1f} s (compile {t['compile_s']:.1f} s), "
           f"{t['config_examples_per_s']:.3g} config·examples/s; results in {FLAGS.workdir}/")  # fmt: skip
-
-
-def fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parser, but a bad flag exits with status 2 and one line instead of a usage dump."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        fail(str(e))
-        raise  # unreachable
 
 
 if __name__ == "__main__":

@@ -51,7 +51,11 @@ class SoftmaxRegression(nnx.Module):
 
 
 class MLP(nnx.Module):
-    """``y = b' + W' σ(b + W x)`` with any number of hidden layers (C2)."""
+    """``y = b' + W' σ(b + W x)`` with any number of hidden layers (C2).
+
+    With ``residual``, a hidden layer whose input and output widths match adds its input,
+    ``h ← h + σ(W h + b)``, as the MNIST-1D paper's MLP does.
+    """
 
     def __init__(
         self,
@@ -59,6 +63,7 @@ class MLP(nnx.Module):
         hidden: Sequence[int],
         num_classes: int,
         activation: str = "relu",
+        residual: bool = False,
         *,
         rngs: nnx.Rngs,
     ):
@@ -66,10 +71,12 @@ class MLP(nnx.Module):
         self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(sizes)])
         self.out = nnx.Linear(sizes[-1], num_classes, rngs=rngs)
         self.activation = _activation(activation)
+        self.residual = residual
 
     def __call__(self, x: Array) -> Array:
         for layer in self.hidden:
-            x = self.activation(layer(x))
+            h = self.activation(layer(x))
+            x = x + h if self.residual and h.shape == x.shape else h
         return self.out(x)
 
 
@@ -121,6 +128,7 @@ def make_model(
     activation: str = "relu",
     init_scale: float = 1.0,
     channels: int = 25,
+    residual: bool = False,
 ) -> Model:
     """Builds a :class:`Model` by name (``linear``, ``mlp`` or ``cnn1d``).
 
@@ -133,6 +141,7 @@ def make_model(
       init_scale: multiplies every initial weight matrix (biases start at 0); a large value starts
         the model confidently wrong (C13).
       channels: conv channels of ``cnn1d``.
+      residual: skip connections between equal-width hidden layers of ``mlp``.
 
     Raises:
       ValueError: unknown name or activation, non-positive sizes or scale.
@@ -154,7 +163,7 @@ def make_model(
         if name == "linear":
             return SoftmaxRegression(in_features, num_classes, rngs=rngs)
         if name == "mlp":
-            return MLP(in_features, hidden, num_classes, activation, rngs=rngs)
+            return MLP(in_features, hidden, num_classes, activation, residual, rngs=rngs)
         return CNN1D(in_features, num_classes, channels, rngs=rngs)
 
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: construct(jax.random.key(0))))
