@@ -21,6 +21,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments.cli import FlagError, fail, number, numbers, parse_flags
+from experiments.formatting import confident_start_row
 from softcls_jax import plots, results
 from softcls_jax.sweep import SettingError, SweepSpec, run_sweep
 
@@ -80,6 +81,13 @@ def run(models: Sequence[str], lrs: tuple[float, ...], seeds: int, steps: int, w
                     "reference": REFERENCE.get((model, start), {}).get(best["loss"]),
                     "curve_step": runs[0]["curves"]["step"], "curve_accuracy": curve.tolist(),
                 })  # fmt: skip
+            reported = {r["loss"] for r in rows if (r["model"], r["start"]) == (model, start)}
+            for loss in LOSSES:
+                if loss not in reported:  # diverged at every learning rate
+                    rows.append({"model": model, "start": start, "loss": loss, "init_scale": spec.init_scale,
+                                 "learning_rate": None, "test_accuracy_mean": None, "test_accuracy_std": None,
+                                 "reference": REFERENCE.get((model, start), {}).get(loss),
+                                 "curve_step": [], "curve_accuracy": []})  # fmt: skip
             if progress:
                 progress(model, start)
     return rows
@@ -92,7 +100,7 @@ def figure(rows: list[dict], path: pathlib.Path) -> None:
     )
     for ax, (model, start) in zip(axes[0], keys, strict=True):
         for r in rows:
-            if (r["model"], r["start"]) == (model, start):
+            if (r["model"], r["start"]) == (model, start) and r["curve_step"]:
                 ax.plot(r["curve_step"], 100 * np.asarray(r["curve_accuracy"]),
                         label=f"{r['loss']} (lr {r['learning_rate']:.3g})")  # fmt: skip
         ax.set_title(f"{model}, {start} start")
@@ -110,9 +118,7 @@ def table(rows: list[dict]) -> str:
         "|---|---|---|---:|---:|---:|",
     ]
     for r in rows:
-        ref = "" if r["reference"] is None else f"{r['reference']:.1f}"
-        lines.append(f"| {r['model']} | {r['start']} | {r['loss']} | {r['learning_rate']:.3g} | "
-                     f"{r['test_accuracy_mean']:.1f} ± {r['test_accuracy_std']:.1f} | {ref} |")  # fmt: skip
+        lines.append(confident_start_row(r))
     return "\n".join(lines)
 
 

@@ -215,3 +215,25 @@ def with_label_noise(dataset: Dataset, fraction: float, seed: int = 0) -> Datase
         jax.random.key(seed), jax.numpy.asarray(dataset.y_train), dataset.num_classes, fraction
     )
     return dataclasses.replace(dataset, y_train=np.asarray(noisy, np.int32))
+
+
+def split_validation(
+    dataset: Dataset, fraction: float = 0.2, seed: int = 0
+) -> tuple[Dataset, np.ndarray, np.ndarray]:
+    """Holds out a stratified ``fraction`` of the training split for validation.
+
+    Returns:
+      ``(dataset with the rest as its training split, x_val, y_val)``.
+    """
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+    x_train, x_val, y_train, y_val = train_test_split(
+        dataset.x_train,
+        dataset.y_train,
+        test_size=fraction,
+        stratify=dataset.y_train,
+        random_state=seed,
+    )
+    return dataclasses.replace(dataset, x_train=x_train, y_train=y_train), x_val, y_val

@@ -1,0 +1,80 @@
+"""Smoke tests: every experiment runs end to end on a tiny setting and writes its PNG and JSON."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def _run(module, *args):
+    return subprocess.run([sys.executable, "-m", f"experiments.{module}", *args],
+                          capture_output=True, text=True, check=False, timeout=600)  # fmt: skip
+
+
+SMOKE = {
+    "error_surface": (["--points=21"], ["error_surface.png", "error_surface.json"]),
+    "gradients": (["--points=30", "--num_classes=10"], ["gradients.png", "gradients.json"]),
+    "confident_start": (["--steps=20", "--seeds=1", "--lrs=0.1,1.0", "--models=linear"],
+                        ["confident_start.png", "confident_start.json"]),
+    "calibration": (["--steps=50", "--seeds=1", "--dataset=digits"], ["reliability.png", "calibration.json"]),
+    "label_noise": (["--steps=20", "--seeds=1", "--fractions=0,0.5"], ["label_noise.png", "label_noise.json"]),
+    "mnist1d_baselines": (["--steps=20", "--seeds=1", "--models=linear,cnn1d", "--losses=ce"],
+                          ["mnist1d_baselines.png", "mnist1d_baselines.json"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("module", sorted(SMOKE))
+def test_experiment_smoke(module, tmp_path):
+    args, outputs = SMOKE[module]
+    proc = _run(module, *args, f"--workdir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in outputs:
+        assert (tmp_path / name).stat().st_size > 0, name
+        if name.endswith(".json"):
+            json.loads((tmp_path / name).read_text())
+
+
+def test_error_surface_numbers(tmp_path):
+    _run("error_surface", "--points=21", f"--workdir={tmp_path}")
+    corners = json.loads((tmp_path / "error_surface.json").read_text())["corners"]
+    wrong = corners["wrong_confident (z1=-r, z2=+r)"]
+    assert wrong["ce_grad_norm"] == pytest.approx(2**0.5, rel=1e-4)  # C13: CE is steep there
+    assert wrong["mse_grad_norm"] < 1e-6  # MSE is flat
+
+
+def test_calibration_keeps_accuracy_and_reports_temperature(tmp_path):
+    _run("calibration", "--steps=200", "--seeds=1", "--dataset=digits", f"--workdir={tmp_path}")
+    summary = json.loads((tmp_path / "calibration.json").read_text())["summary"]
+    for row in summary:
+        assert row["accuracy_before"] == row["accuracy_after"]
+        assert row["temperature"] > 0
+    square = next(r for r in summary if r["loss"] == "square")
+    assert (
+        square["ece_after"] < square["ece_before"]
+    )  # softmax of square-loss logits is under-confident
+
+
+def test_report_fast_subset(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "experiments.report", "--fast", "--only=error_surface,gradients",
+                           f"--workdir={tmp_path}"], capture_output=True, text=True, check=False, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = (tmp_path / "report.md").read_text()
+    assert "![error surface](error_surface/error_surface.png)" in report
+    assert "## 2. Gradient against confidence (C11)" in report
+
+
+@pytest.mark.parametrize(
+    ("module", "args", "message"),
+    [
+        ("error_surface", ["--points=1"], "--points: must be >= 3"),
+        ("gradients", ["--num_classes=1"], "--num_classes: must be >= 2"),
+        ("confident_start", ["--models=resnet"], "--models: unknown model 'resnet'"),
+        ("label_noise", ["--fractions=0,1.2"], "--fractions: each must be in [0, 1)"),
+        ("mnist1d_baselines", ["--models=gru"], "--models: unknown model 'gru'"),
+        ("report", ["--only=nope"], "--only: unknown experiments ['nope']"),
+    ],
+)
+def test_experiment_bad_flags(module, args, message, tmp_path):
+    proc = _run(module, *args, f"--workdir={tmp_path}")
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
