@@ -52,20 +52,32 @@ def test_common_random_numbers():
 
 
 def test_divergence_is_frozen_and_isolated():
-    _, h_ref = _trainer(engine.Grid(("ce", "mse"), (0.01, 0.1), (0, 1))).train()
+    # The same grid with a sane rate or an absurd one in slot 2: every other config is bitwise identical.
+    _, h_ref = _trainer(engine.Grid(("ce", "mse"), (0.01, 0.1, 0.05), (0, 1))).train()
     with_absurd = _trainer(engine.Grid(("ce", "mse"), (0.01, 0.1, 1e6), (0, 1)))
     state, h = with_absurd.train()
     diverged = engine.diverged_steps(state)
     assert np.all(diverged[:, 2] >= 0)  # CE with lr 1e6 blows up
     assert np.all(diverged[:, [0, 1, 3, 4]] == -1)
+    others = [0, 1, 3, 4]  # slot 2 of each loss holds the swapped rate
     for name in engine.METRICS:
         for ref_rec, rec in zip(h_ref, h, strict=True):
-            # shared configs are bitwise identical with or without the diverging neighbour
-            np.testing.assert_array_equal(ref_rec[name], rec[name][:, [0, 1, 3, 4]], err_msg=name)
+            np.testing.assert_array_equal(
+                ref_rec[name][:, others], rec[name][:, others], err_msg=name
+            )
             if rec["step"] > diverged[0, 2]:
                 assert np.all(np.isnan(rec[name][:, 2]))
     finite = [np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params)]
     assert all(finite)  # frozen at the last finite state, never NaN
+
+
+def test_a_grid_without_the_diverging_config_agrees_to_rounding():
+    # A narrower grid is another compiled program: equal to float32 rounding, not to the bit.
+    _, narrow = _trainer(engine.Grid(("ce", "mse"), (0.01, 0.1), (0, 1))).train()
+    _, wide = _trainer(engine.Grid(("ce", "mse"), (0.01, 0.1, 1e6), (0, 1))).train()
+    for name in engine.METRICS:
+        np.testing.assert_allclose(narrow[-1][name], wide[-1][name][:, [0, 1, 3, 4]], rtol=1e-5, atol=1e-6,
+                                   err_msg=name)  # fmt: skip
 
 
 def _plain_optax_loop(lr, seed, steps, batch, loss_fn, hidden):
@@ -145,17 +157,18 @@ def test_bad_settings_raise(make, message):
         make()
 
 
-def test_a_config_is_bitwise_the_same_in_a_wider_grid():
-    # Same losses, >= 2 seeds and configs: adding learning rates changes no bit of the others.
+def test_a_config_agrees_to_rounding_in_a_wider_grid():
     small_state, small = _trainer(engine.Grid(("ce", "mse"), (0.1, 0.5), (0, 1))).train()
     wide_state, wide = _trainer(engine.Grid(("ce", "mse"), (0.01, 0.1, 0.5, 3.0), (0, 1))).train()
     shared = [1, 2, 5, 6]  # (ce, 0.1), (ce, 0.5), (mse, 0.1), (mse, 0.5) in the wide grid
     for name in engine.METRICS:
-        np.testing.assert_array_equal(small[-1][name], wide[-1][name][:, shared], err_msg=name)
+        np.testing.assert_allclose(
+            small[-1][name], wide[-1][name][:, shared], rtol=1e-5, atol=1e-6, err_msg=name
+        )
     for a, w in zip(
         jax.tree.leaves(small_state.params), jax.tree.leaves(wide_state.params), strict=True
     ):
-        np.testing.assert_array_equal(a, w[:, shared])
+        np.testing.assert_allclose(a, w[:, shared], rtol=1e-4, atol=1e-6)
 
 
 def test_a_config_alone_agrees_to_float32_rounding():

@@ -1,0 +1,431 @@
+r"""Side-by-side benchmark: the batched sweep against what a researcher would otherwise write.
+
+  python -m experiments.bench            # the reference workload (several minutes)
+  python -m experiments.bench --quick    # under a minute: fewer steps, one round
+
+Reference workload: 16 configs (8 learning rates log-spaced 1e-3 … 1 × {CE, MSE}), MLP 64-128-10 on
+digits, plain SGD, batch 128, 2000 steps. Every contender starts from the same parameters and sees the
+same minibatches (the engine's own index stream), so their final test accuracies must agree.
+
+Contenders, interleaved round by round in one process:
+  1. sweep       the project's engine: one compiled, vmapped program (compile time reported apart);
+  2. naive_jax   one jitted step per config, called step by step from Python (16 compiles);
+  3. torch_loop  a PyTorch training loop per config (skipped without torch);
+  4. torch_bmm   PyTorch batched by hand across configs with torch.bmm (skipped without torch).
+Also: the machine's matmul peak (large float32 jnp.dot), the sweep's achieved GFLOP/s
+(6 × parameters × examples) as a share of it, compile time and throughput at G = 16, 64, 256, and the
+loss kernels against optax (value and gradient, B = 1024, C = 10 and 32768, with their memory).
+Prints tables and writes bench.json into --workdir. Timings are wall clock on a noisy machine: compare
+ratios within one run, not across runs.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags
+
+from experiments.cli import fail, parse_flags
+from softcls_jax import data, engine, losses, models
+from softcls_jax.results import atomic_write_json, environment
+
+FLAGS = flags.FLAGS
+flags.DEFINE_bool(
+    "quick", False, "Under a minute: 200 steps, one round, G up to 64, fewer kernel repeats."
+)
+flags.DEFINE_string("workdir", "runs/bench", "Output directory for bench.json.")
+flags.DEFINE_integer(
+    "rounds", 2, "Interleaved rounds of the contenders; the best round of each is reported."
+)
+
+HIDDEN = 128
+BATCH = 128
+
+
+def workload(num_lrs: int, steps: int, dataset: data.Dataset) -> engine.GridTrainer:
+    """The reference grid: num_lrs log-spaced rates 1e-3 … 1 × {CE, MSE}, one seed."""
+    model = models.make_model("mlp", dataset.num_features, dataset.num_classes, hidden=(HIDDEN,))
+    lrs = tuple(float(x) for x in np.logspace(-3, 0, num_lrs))
+    return engine.GridTrainer(model, dataset, engine.Grid(("ce", "mse"), lrs, (0,)),
+                              engine.TrainSettings("sgd", steps, BATCH, steps))  # fmt: skip
+
+
+def batch_stream(trainer: engine.GridTrainer, steps: int) -> np.ndarray:
+    """The engine's minibatch indices of seed 0, ``(steps, B)``: every contender trains on these."""
+    fn = jax.jit(jax.vmap(trainer._batch_indices, (None, 0)))
+    return np.asarray(fn(trainer._data_keys[0], jnp.arange(steps, dtype=jnp.int32)))
+
+
+def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(np.argmax(logits, -1) == labels))
+
+
+# ------------------------------------------------------------------ contenders
+
+
+def run_sweep(dataset, num_lrs, steps) -> dict:
+    """The engine, timed three ways: wall (all in), compile (init + chunk), and steady (a second run of
+    the compiled chunk from a fresh state: what the compiled program itself achieves)."""
+    trainer = workload(num_lrs, steps, dataset)
+    start = time.perf_counter()
+    state = jax.block_until_ready(trainer.init_state())  # its first call compiles it
+    init_s = time.perf_counter() - start
+    state, history = trainer.train(state=state, history=[])
+    jax.block_until_ready(state)
+    wall = time.perf_counter() - start
+    t0 = time.perf_counter()
+    jax.block_until_ready(trainer.run_chunk(trainer.init_state(), steps))
+    steady = time.perf_counter() - t0
+    compile_s = trainer.compile_seconds + init_s
+    return {"wall_s": wall, "compile_s": compile_s, "run_s": wall - compile_s, "steady_s": steady,
+            "accuracy": history[-1]["test_accuracy"][0].tolist()}  # fmt: skip
+
+
+def run_naive_jax(dataset, num_lrs, steps, params0, batches) -> dict:
+    trainer = workload(num_lrs, steps, dataset)
+    model = trainer.model
+    x_train, y_train = dataset.x_train, dataset.y_train
+    compile_s, accuracies = 0.0, []
+    start = time.perf_counter()
+    for config in trainer.grid.configs():
+        loss_fn, lr = losses.get_loss(config.loss), config.learning_rate
+
+        def step(
+            params, xb, yb, loss_fn=loss_fn, lr=lr
+        ):  # lr and loss baked in: one compile per config
+            grads = jax.grad(lambda p: jnp.mean(loss_fn(model.apply(p, xb), yb)))(params)
+            return jax.tree.map(lambda w, g: w - lr * g, params, grads)
+
+        t0 = time.perf_counter()
+        compiled = jax.jit(step).lower(params0, x_train[batches[0]], y_train[batches[0]]).compile()
+        compile_s += time.perf_counter() - t0
+        params = params0
+        for idx in batches:
+            params = compiled(params, x_train[idx], y_train[idx])
+        accuracies.append(
+            _accuracy(np.asarray(model.apply(params, dataset.x_test)), dataset.y_test)
+        )
+    wall = time.perf_counter() - start
+    return {
+        "wall_s": wall,
+        "compile_s": compile_s,
+        "run_s": wall - compile_s,
+        "accuracy": accuracies,
+    }
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def _torch_losses(torch):
+    f = torch.nn.functional
+    ce = lambda o, y: f.cross_entropy(o, y)
+    mse = lambda o, y: (
+        ((torch.softmax(o, -1) - f.one_hot(y, o.shape[-1]).to(o.dtype)) ** 2).sum(-1).mean()
+    )
+    return {"ce": ce, "mse": mse}
+
+
+def run_torch_loop(dataset, num_lrs, steps, params0, batches) -> dict | None:
+    torch = _torch()
+    if torch is None:
+        return None
+    trainer = workload(num_lrs, steps, dataset)
+    loss_fns = _torch_losses(torch)
+    x, y = torch.from_numpy(dataset.x_train), torch.from_numpy(dataset.y_train.astype(np.int64))
+    xt = torch.from_numpy(dataset.x_test)
+    idx_all = torch.from_numpy(batches.astype(np.int64))
+    w1, b1 = np.asarray(params0["hidden"][0]["kernel"]), np.asarray(params0["hidden"][0]["bias"])
+    w2, b2 = np.asarray(params0["out"]["kernel"]), np.asarray(params0["out"]["bias"])
+    accuracies = []
+    start = time.perf_counter()
+    for config in trainer.grid.configs():  # the way a PyTorch user writes it
+        net = torch.nn.Sequential(
+            torch.nn.Linear(w1.shape[0], HIDDEN),
+            torch.nn.ReLU(),
+            torch.nn.Linear(HIDDEN, w2.shape[1]),
+        )
+        with torch.no_grad():
+            for layer, w, b in ((net[0], w1, b1), (net[2], w2, b2)):
+                layer.weight.copy_(torch.from_numpy(w.T.copy()))
+                layer.bias.copy_(torch.from_numpy(b.copy()))
+        opt = torch.optim.SGD(net.parameters(), lr=config.learning_rate)
+        loss_fn = loss_fns[config.loss]
+        for t in range(steps):
+            idx = idx_all[t]
+            loss = loss_fn(net(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            accuracies.append(_accuracy(net(xt).numpy(), dataset.y_test))
+    return {"wall_s": time.perf_counter() - start, "compile_s": 0.0, "run_s": time.perf_counter() - start,
+            "accuracy": accuracies}  # fmt: skip
+
+
+def run_torch_bmm(dataset, num_lrs, steps, params0, batches) -> dict | None:
+    torch = _torch()
+    if torch is None:
+        return None
+    trainer = workload(num_lrs, steps, dataset)
+    configs = trainer.grid.configs()
+    g = len(configs)
+    x, y = torch.from_numpy(dataset.x_train), torch.from_numpy(dataset.y_train.astype(np.int64))
+    idx_all = torch.from_numpy(batches.astype(np.int64))
+    tile = lambda a: torch.from_numpy(
+        np.ascontiguousarray(np.broadcast_to(np.asarray(a), (g, *np.shape(a))))
+    )
+    w1, b1 = tile(params0["hidden"][0]["kernel"]), tile(params0["hidden"][0]["bias"])[:, None]
+    w2, b2 = tile(params0["out"]["kernel"]), tile(params0["out"]["bias"])[:, None]
+    params = [p.requires_grad_() for p in (w1, b1, w2, b2)]
+    lrs = torch.tensor([c.learning_rate for c in configs], dtype=torch.float32)
+    is_ce = torch.tensor([c.loss == "ce" for c in configs])
+    f = torch.nn.functional
+    start = time.perf_counter()
+    for t in range(steps):
+        idx = idx_all[t]
+        xb, yb = x[idx].expand(g, -1, -1), y[idx]
+        logits = torch.baddbmm(b2, torch.relu(torch.baddbmm(b1, xb, w1)), w2)  # (G, B, C)
+        logp = torch.log_softmax(logits, -1)
+        ce = -logp.gather(-1, yb.expand(g, -1)[..., None])[..., 0].mean(-1)
+        mse = (
+            ((logp.exp() - f.one_hot(yb, logits.shape[-1]).to(logits.dtype)) ** 2).sum(-1).mean(-1)
+        )
+        loss = torch.where(
+            is_ce, ce, mse
+        ).sum()  # configs are independent: the sum keeps each gradient
+        grads = torch.autograd.grad(loss, params)
+        with torch.no_grad():
+            for p, gr in zip(params, grads, strict=True):
+                p.sub_(lrs.view(-1, *([1] * (p.ndim - 1))) * gr)
+    wall = time.perf_counter() - start
+    with torch.no_grad():
+        xt = torch.from_numpy(dataset.x_test).expand(g, -1, -1)
+        logits = torch.baddbmm(b2, torch.relu(torch.baddbmm(b1, xt, w1)), w2).numpy()
+    return {"wall_s": wall, "compile_s": 0.0, "run_s": wall,
+            "accuracy": [_accuracy(logits[i], dataset.y_test) for i in range(g)]}  # fmt: skip
+
+
+# ------------------------------------------------------------------ machine and scaling
+
+
+def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
+    """GFLOP/s of a large float32 ``jnp.dot`` (best of ``repeats``)."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    dot(a, a).block_until_ready()
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dot(a, a).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def scaling(dataset, sizes: Sequence[int], steps: int) -> list[dict]:
+    rows = []
+    for g in sizes:
+        result = run_sweep(dataset, g // 2, steps)
+        rows.append({"configs": g, "compile_s": result["compile_s"], "run_s": result["run_s"],
+                     "config_examples_per_s": g * steps * BATCH / result["run_s"]})  # fmt: skip
+    return rows
+
+
+# ------------------------------------------------------------------ loss kernels
+
+
+def _time(fn: Callable, args, repeats: int) -> float:
+    jax.block_until_ready(fn(*args))
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+def loss_kernels(repeats: int) -> list[dict]:
+    """Value and gradient of mean CE at B = 1024, ours against optax, interleaved; memory from XLA."""
+    rows = []
+    for num_classes in (10, 32768):
+        k1, k2 = jax.random.split(jax.random.key(num_classes))
+        logits = jax.random.normal(k1, (1024, num_classes), jnp.float32)
+        labels = jax.random.randint(k2, (1024,), 0, num_classes)
+        onehot = jax.nn.one_hot(labels, num_classes)
+        kernels = {
+            ("integer", "softcls"): (lambda o, y: jnp.mean(losses.cross_entropy(o, y)), labels),
+            ("integer", "optax"): (
+                lambda o, y: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(o, y)),
+                labels,
+            ),
+            ("one-hot", "softcls"): (lambda o, y: jnp.mean(losses.cross_entropy(o, y)), onehot),
+            ("one-hot", "optax"): (
+                lambda o, y: jnp.mean(optax.softmax_cross_entropy(o, y)),
+                onehot,
+            ),
+        }
+        compiled = {}
+        for key, (fn, y) in kernels.items():
+            compiled[key] = jax.jit(jax.value_and_grad(fn)).lower(logits, y).compile()
+        times = {key: [] for key in kernels}
+        for _ in range(3):  # interleave the contenders, keep the best median
+            for key, (_, y) in kernels.items():
+                times[key].append(_time(compiled[key], (logits, y), repeats))
+        for key, (_, y) in kernels.items():
+            memory = compiled[key].memory_analysis()
+            rows.append({
+                "classes": num_classes, "labels": key[0], "implementation": key[1],
+                "time_us": 1e6 * min(times[key]),
+                "label_bytes": int(y.size * y.dtype.itemsize),
+                "temp_bytes": int(getattr(memory, "temp_size_in_bytes", -1)),
+            })  # fmt: skip
+    return rows
+
+
+# ------------------------------------------------------------------ main
+
+
+def main(argv: Sequence[str]) -> None:
+    del argv
+    quick = FLAGS.quick
+    steps, rounds = (200, 1) if quick else (2000, FLAGS.rounds)
+    if rounds < 1:
+        fail("--rounds: must be >= 1")
+    workdir = pathlib.Path(FLAGS.workdir)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        fail(f"--workdir: cannot write to {workdir}: {e.strerror or e}")
+    dataset = data.load("digits")
+    reference = workload(8, steps, dataset)
+    params0 = jax.tree.map(lambda a: a[0, 0], jax.device_get(reference.init_state().params))
+    batches = batch_stream(reference, steps)
+    g = reference.grid.size
+    flop = 6 * reference.model.num_params * g * steps * BATCH
+    print(f"reference workload: {g} configs, MLP {dataset.num_features}-{HIDDEN}-{dataset.num_classes}, "
+          f"{steps} SGD steps of {BATCH}; {'torch ' + _torch().__version__ if _torch() else 'torch not installed: its contenders are skipped'}",
+          flush=True)  # fmt: skip
+    peak = matmul_peak()
+    print(f"matmul peak (2048² float32 jnp.dot): {peak:.1f} GFLOP/s", flush=True)
+    contenders = {
+        "sweep": lambda: run_sweep(dataset, 8, steps),
+        "naive_jax": lambda: run_naive_jax(dataset, 8, steps, params0, batches),
+        "torch_loop": lambda: run_torch_loop(dataset, 8, steps, params0, batches),
+        "torch_bmm": lambda: run_torch_bmm(dataset, 8, steps, params0, batches),
+    }
+    best: dict[str, dict | None] = {}
+    for r in range(rounds):
+        for name, fn in contenders.items():
+            result = fn()
+            if result is not None and (
+                best.get(name) is None or result["wall_s"] < best[name]["wall_s"]
+            ):
+                best[name] = result
+            elif name not in best:
+                best[name] = None
+            print(f"round {r + 1}: {name} done", flush=True)
+    sweep = best["sweep"]
+    rows = []
+    print(
+        f"\n{'contender':<11} {'wall s':>8} {'compile s':>9} {'run s':>7} {'cfg·ex/s':>10} {'sweep ×':>8} {'accuracy (mean)':>15}"
+    )
+    for name, result in best.items():
+        if result is None:
+            print(f"{name:<11} skipped (torch not installed)")
+            continue
+        throughput = g * steps * BATCH / result["wall_s"]
+        ratio = result["wall_s"] / sweep["wall_s"]
+        rows.append(
+            {
+                "contender": name,
+                **result,
+                "config_examples_per_s": throughput,
+                "sweep_speedup": ratio,
+            }
+        )
+        print(f"{name:<11} {result['wall_s']:>8.2f} {result['compile_s']:>9.2f} {result['run_s']:>7.2f} "
+              f"{throughput:>10.3g} {ratio:>8.2f} {100 * np.mean(result['accuracy']):>14.2f}%")  # fmt: skip
+    agreement = max(
+        abs(a - b) for r in rows for a, b in zip(r["accuracy"], sweep["accuracy"], strict=True)
+    )
+    achieved = flop / sweep["steady_s"] / 1e9
+    print(f"\nlargest per-config accuracy difference from the sweep: {100 * agreement:.2f} points")
+    print(f"sweep achieved {achieved:.1f} GFLOP/s (6 × {reference.model.num_params} params × examples, steady "
+          f"run of the compiled chunk: {sweep['steady_s']:.2f} s) = {100 * achieved / peak:.1f} % of the matmul peak")  # fmt: skip
+    sizes = (16, 64) if quick else (16, 64, 256)
+    scale_rows = scaling(dataset, sizes, 100 if quick else 500)
+    print(f"\n{'G':>5} {'compile s':>9} {'run s':>7} {'cfg·ex/s':>10}")
+    for r in scale_rows:
+        print(
+            f"{r['configs']:>5} {r['compile_s']:>9.2f} {r['run_s']:>7.2f} {r['config_examples_per_s']:>10.3g}"
+        )
+    kernel_rows = loss_kernels(5 if quick else 20)
+    print(f"\n{'C':>6} {'labels':<8} {'impl':<8} {'µs':>9} {'label bytes':>12} {'temp bytes':>12}")
+    for r in kernel_rows:
+        print(
+            f"{r['classes']:>6} {r['labels']:<8} {r['implementation']:<8} {r['time_us']:>9.1f} {r['label_bytes']:>12} {r['temp_bytes']:>12}"
+        )
+    targets = targets_report(rows, scale_rows, kernel_rows, achieved / peak)
+    print("\ntargets:")
+    for t in targets:
+        print(f"  {'MET ' if t['met'] else 'NOT '} {t['target']}: {t['measured']}")
+    atomic_write_json(workdir / "bench.json", {
+        "settings": {"steps": steps, "rounds": rounds, "quick": quick, "machine": platform.machine()},
+        "environment": environment(), "matmul_peak_gflops": peak, "achieved_gflops": achieved,
+        "contenders": rows, "scaling": scale_rows, "loss_kernels": kernel_rows, "targets": targets,
+    })  # fmt: skip
+    print(f"\nwrote {workdir}/bench.json")
+
+
+def targets_report(rows, scale_rows, kernel_rows, peak_share) -> list[dict]:
+    by = {r["contender"]: r for r in rows}
+    out = []
+
+    def target(
+        text: str, value: float | None, threshold: float, fmt: str, higher: bool = True
+    ) -> None:
+        if value is None:
+            out.append({"target": text, "met": False, "measured": "not measured"})
+            return
+        met = value >= threshold if higher else value <= threshold
+        out.append({"target": text, "met": bool(met), "measured": fmt.format(value)})
+
+    speed = lambda name: by[name]["sweep_speedup"] if name in by else None
+    target("sweep ≥ 10× the PyTorch per-config loop", speed("torch_loop"), 10, "{:.1f}×")
+    target("sweep ≥ 2.5× hand-batched PyTorch", speed("torch_bmm"), 2.5, "{:.1f}×")
+    target("sweep ≥ 3× naive JAX, compile included", speed("naive_jax"), 3, "{:.1f}×")
+    target("≥ 50 % of the matmul peak", 100 * peak_share, 50, "{:.1f} %")
+    compile_ratio = scale_rows[-1]["compile_s"] / scale_rows[0]["compile_s"]
+    target(f"compile time flat in G (G={scale_rows[-1]['configs']} within 1.5× of G=16)", compile_ratio, 1.5,
+           "{:.2f}×", higher=False)  # fmt: skip
+    worst = max(
+        k["time_us"] / next(o["time_us"] for o in kernel_rows
+                            if o["classes"] == k["classes"] and o["labels"] == k["labels"] and o["implementation"] == "optax")
+        for k in kernel_rows if k["implementation"] == "softcls"
+    )  # fmt: skip
+    target(
+        "loss kernels no slower than optax (≤ 1.05×)",
+        worst,
+        1.05,
+        "{:.2f}× (worst case)",
+        higher=False,
+    )
+    return out
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)
