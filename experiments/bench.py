@@ -22,7 +22,6 @@ ratios within one run, not across runs.
 from __future__ import annotations
 
 import math
-import pathlib
 import platform
 import statistics
 import time
@@ -34,7 +33,7 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from experiments.cli import fail, parse_flags
+from experiments.cli import FlagError, fail, make_workdir, parse_flags
 from softcls_jax import data, engine, losses, models
 from softcls_jax.results import atomic_write_json, environment
 
@@ -305,11 +304,10 @@ def main(argv: Sequence[str]) -> None:
     steps, rounds = (200, 1) if quick else (2000, FLAGS.rounds)
     if rounds < 1:
         fail("--rounds: must be >= 1")
-    workdir = pathlib.Path(FLAGS.workdir)
     try:
-        workdir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        fail(f"--workdir: cannot write to {workdir}: {e.strerror or e}")
+        workdir = make_workdir(FLAGS.workdir)
+    except FlagError as e:
+        fail(str(e))
     dataset = data.load("digits")
     reference = workload(8, steps, dataset)
     params0 = jax.tree.map(lambda a: a[0, 0], jax.device_get(reference.init_state().params))

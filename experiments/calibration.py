@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from absl import app, flags
 
-from experiments.cli import FlagError, fail, number, parse_flags
+from experiments.cli import FlagError, fail, make_workdir, number, parse_flags
 from softcls_jax import data, engine, metrics, models, plots
 from softcls_jax.results import atomic_write_json
 
@@ -50,7 +50,7 @@ def train_and_calibrate(dataset: data.Dataset, losses: tuple[str, ...], lr: floa
     val_logits = logits_of(state.params, jnp.asarray(x_val))  # (S, K, N, C)
     test_logits = logits_of(state.params, jnp.asarray(train.x_test))
     y_val, y_test = jnp.asarray(y_val), jnp.asarray(train.y_test)
-    diverged = engine.diverged_steps(state)
+    diverged = trainer.diverged_steps(state)
     rows, bins = [], {}
     for (s, k), config in zip(np.ndindex(*grid.shape), grid.configs(), strict=True):
         if diverged[s, k] >= 0:
@@ -124,16 +124,13 @@ def main(argv: Sequence[str]) -> None:
             dataset = data.load(FLAGS.dataset)
         except ValueError as e:
             raise FlagError("dataset", str(e)) from None
-        workdir = pathlib.Path(FLAGS.workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
+        workdir = make_workdir(FLAGS.workdir)
         try:
             rows, bins = train_and_calibrate(dataset, tuple(FLAGS.losses), lr, seeds, steps)
         except ValueError as e:
             raise FlagError("losses" if "loss" in str(e) else "lr", str(e)) from None
     except FlagError as e:
         fail(str(e))
-    except OSError as e:
-        fail(f"--workdir: cannot write to {FLAGS.workdir}: {e.strerror or e}")
     summary = summarise(rows)
     print(
         f"{'loss':<8} {'T':>6} {'acc before':>10} {'acc after':>10} {'ECE before':>10} {'ECE after':>10} {'NLL before':>10} {'NLL after':>10}"

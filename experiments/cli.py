@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pathlib
 import sys
 
 from absl import flags
@@ -44,3 +45,13 @@ def number(flag: str, text: str, kind: type = float) -> float | int:
 
 def numbers(flag: str, texts: list[str], kind: type = float) -> tuple:
     return tuple(number(flag, t, kind) for t in texts)
+
+
+def make_workdir(path: str) -> pathlib.Path:
+    """Creates the output directory; FlagError naming --workdir if it cannot be written."""
+    workdir = pathlib.Path(path)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FlagError("workdir", f"cannot write to {workdir}: {e.strerror or e}") from None
+    return workdir

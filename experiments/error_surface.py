@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from absl import app, flags
 
-from experiments.cli import FlagError, fail, number, parse_flags
+from experiments.cli import FlagError, fail, make_workdir, number, parse_flags
 from softcls_jax import losses, plots
 from softcls_jax.results import atomic_write_json
 
@@ -103,12 +103,9 @@ def main(argv: Sequence[str]) -> None:
             raise FlagError("range", f"must be > 0, got {extent}")
         if points < 3:
             raise FlagError("points", f"must be >= 3, got {points}")
-        workdir = pathlib.Path(FLAGS.workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
+        workdir = make_workdir(FLAGS.workdir)
     except FlagError as e:
         fail(str(e))
-    except OSError as e:
-        fail(f"--workdir: cannot write to {FLAGS.workdir}: {e.strerror or e}")
     maps = surfaces(z3, extent, points)
     corners = corner_values(maps)
     print(f"{'where':<32} {'CE':>10} {'MSE':>10} {'|grad CE|':>12} {'|grad MSE|':>12}")

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from absl import app, flags
 
-from experiments.cli import FlagError, fail, number, parse_flags
+from experiments.cli import FlagError, fail, make_workdir, number, parse_flags
 from softcls_jax import gradients, losses, plots
 from softcls_jax.results import atomic_write_json
 
@@ -87,12 +87,9 @@ def main(argv: Sequence[str]) -> None:
             raise FlagError("num_classes", f"must be >= 2, got {num_classes}")
         if points < 2:
             raise FlagError("points", f"must be >= 2, got {points}")
-        workdir = pathlib.Path(FLAGS.workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
+        workdir = make_workdir(FLAGS.workdir)
     except FlagError as e:
         fail(str(e))
-    except OSError as e:
-        fail(f"--workdir: cannot write to {FLAGS.workdir}: {e.strerror or e}")
     logit_p = np.linspace(-12, 12, points)  # p from ~6e-6 to 1 - 6e-6
     p = np.sort(np.concatenate([1 / (1 + np.exp(-logit_p)), TABLE_AT]))
     sizes = gradient_sizes(p, num_classes)

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from absl import app, flags
 
-from experiments.cli import FlagError, fail, number, parse_flags
+from experiments.cli import FlagError, fail, make_workdir, number, parse_flags
 from softcls_jax import data, engine, models, plots
 from softcls_jax.results import atomic_write_json
 
@@ -89,8 +89,7 @@ def main(argv: Sequence[str]) -> None:
         for name in FLAGS.models:
             if name not in PAPER:
                 raise FlagError("models", f"unknown model {name!r}; expected some of {list(PAPER)}")
-        workdir = pathlib.Path(FLAGS.workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
+        workdir = make_workdir(FLAGS.workdir)
         try:
             rows = run(FLAGS.models, FLAGS.losses, seeds, steps, lr, batch_size,
                        progress=lambda m: print(f"done: {m}", flush=True))  # fmt: skip
@@ -98,8 +97,6 @@ def main(argv: Sequence[str]) -> None:
             raise FlagError("losses" if "loss" in str(e) else "steps", str(e)) from None
     except FlagError as e:
         fail(str(e))
-    except OSError as e:
-        fail(f"--workdir: cannot write to {FLAGS.workdir}: {e.strerror or e}")
     print(f"{'model':<8} {'loss':<8} {'test accuracy (%)':>18} {'paper (CE)':>10}  within 3 points")
     for r in rows:
         mean = (

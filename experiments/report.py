@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-from experiments.cli import fail, parse_flags
+from experiments.cli import FlagError, fail, make_workdir, parse_flags
 from experiments.formatting import confident_start_row
 from softcls_jax.results import atomic_write_text
 
@@ -166,11 +166,10 @@ def main(argv: Sequence[str]) -> None:
     unknown = [name for name in FLAGS.only if name not in EXPERIMENTS]
     if unknown:
         fail(f"--only: unknown experiments {unknown}; expected some of {list(EXPERIMENTS)}")
-    workdir = pathlib.Path(FLAGS.workdir)
     try:
-        workdir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        fail(f"--workdir: cannot write to {workdir}: {e.strerror or e}")
+        workdir = make_workdir(FLAGS.workdir)
+    except FlagError as e:
+        fail(str(e))
     try:
         seconds = run_all(workdir, FLAGS.fast, FLAGS.only)
     except RuntimeError as e:

@@ -13,6 +13,8 @@ and a one-line message.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -76,6 +78,27 @@ flags.DEFINE_bool(
     "checked",
     False,
     "Also check label ranges inside the compiled program (jax.experimental.checkify).",
+)
+
+flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Multi-host: call jax.distributed.initialize; with no other flags JAX detects the cluster (TPU VMs, SLURM).",
+)
+flags.DEFINE_string(
+    "coordinator_address",
+    os.environ.get("JAX_COORDINATOR_ADDRESS"),
+    "Multi-host: host:port of process 0 (default $JAX_COORDINATOR_ADDRESS); implies --distributed.",
+)
+flags.DEFINE_string(
+    "num_processes",
+    os.environ.get("JAX_NUM_PROCESSES"),
+    "Multi-host: number of processes (default $JAX_NUM_PROCESSES).",
+)
+flags.DEFINE_string(
+    "process_id",
+    os.environ.get("JAX_PROCESS_ID"),
+    "Multi-host: this process's id, 0 … num_processes-1 (default $JAX_PROCESS_ID).",
 )
 
 FLAG_OF = {"losses": "loss", "learning_rates": "lrs", "seeds": "seeds"}  # spec field -> flag
@@ -142,10 +165,30 @@ def print_progress(step: int, total: int, record: dict, seconds: float) -> None:
     )
 
 
+def initialize_distributed() -> None:
+    """Joins a multi-host run when asked; every process then sees all devices of all hosts."""
+    if not (FLAGS.distributed or FLAGS.coordinator_address):
+        return
+    count = (
+        None if FLAGS.num_processes is None else number("num_processes", FLAGS.num_processes, int)
+    )
+    index = None if FLAGS.process_id is None else number("process_id", FLAGS.process_id, int)
+    if count is not None and (index is None or not 0 <= index < count):
+        raise FlagError(
+            "process_id", f"need 0 <= --process_id < --num_processes={count}, got {index}"
+        )
+    import jax
+
+    jax.distributed.initialize(FLAGS.coordinator_address, count, index)
+    if jax.process_index() > 0:  # one voice: process 0 prints, as it alone writes
+        sys.stdout = open(os.devnull, "w")
+
+
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         fail(f"unexpected arguments {argv[1:]}; all settings are --flags (see --help)")
     try:
+        initialize_distributed()
         spec = spec_from_flags()
         size = len(spec.losses) * len(spec.learning_rates) * len(spec.seeds)
         print(f"sweep: {size} configs ({len(spec.losses)} losses × {len(spec.learning_rates)} learning rates × "

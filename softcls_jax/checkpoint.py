@@ -44,7 +44,7 @@ def save(path: str | os.PathLike, state: GridState, history: list[dict]) -> None
 
 
 def restore(path: str | os.PathLike, template: Any) -> tuple[GridState, list[dict]]:
-    """Reads a checkpoint written by :func:`save`.
+    """Reads a checkpoint written by :func:`save`; the state comes back as host (numpy) arrays.
 
     Args:
       path: the checkpoint file.
@@ -66,7 +66,7 @@ def restore(path: str | os.PathLike, template: Any) -> tuple[GridState, list[dic
     )
     if not shapes_ok:
         raise ValueError(f"checkpoint {path} does not match this sweep's model and grid")
-    state = jax.tree.unflatten(jax.tree.structure(template), [jax.numpy.asarray(x) for x in leaves])
+    state = jax.tree.unflatten(jax.tree.structure(template), [np.asarray(x) for x in leaves])
     steps = history_arrays["step"]
     history = [
         {"step": int(step), **{m: np.asarray(history_arrays[m][i]) for m in METRICS}}

@@ -33,7 +33,7 @@ import functools
 import itertools
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -41,6 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.experimental import checkify
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from softcls_jax import losses as losses_lib
 from softcls_jax import metrics
@@ -175,7 +177,14 @@ class GridTrainer:
       compile_seconds: time spent compiling chunk programs.
     """
 
-    def __init__(self, model: Model, dataset: Dataset, grid: Grid, settings: TrainSettings):
+    def __init__(
+        self,
+        model: Model,
+        dataset: Dataset,
+        grid: Grid,
+        settings: TrainSettings,
+        devices: Sequence[jax.Device] | None = None,
+    ):
         n_train = dataset.x_train.shape[0]
         if settings.batch_size > n_train:
             raise ValueError(
@@ -189,16 +198,30 @@ class GridTrainer:
         self.model, self.dataset, self.grid, self.settings = model, dataset, grid, settings
         self.tx = make_optimizer(settings.optimizer)
         self._loss_fns = tuple(losses_lib.get_loss(name) for name in grid.losses)
-        r = len(grid.learning_rates)
-        self._loss_ids = jnp.asarray([k // r for k in range(grid.shape[1])], jnp.int32)
-        self._lrs = jnp.asarray(
-            [grid.learning_rates[k % r] for k in range(grid.shape[1])], jnp.float32
+        # Scale-out: the config axis K is sharded over a 1-D mesh of the devices. Each loss's
+        # learning rates are padded (repeating the last) to a multiple of the device count; padded
+        # configs train like the others and are dropped from every result (``real_configs``).
+        self.devices = list(jax.devices() if devices is None else devices)
+        n_dev, r = len(self.devices), len(grid.learning_rates)
+        self._r = -(-r // n_dev) * n_dev  # padded learning rates per loss
+        self.padded_shape = (grid.shape[0], len(grid.losses) * self._r)
+        lrs = list(grid.learning_rates) + [grid.learning_rates[-1]] * (self._r - r)
+        self.real_configs = np.array(
+            [g * self._r + i for g in range(len(grid.losses)) for i in range(r)]
         )
+        self.mesh = Mesh(np.array(self.devices), ("configs",)) if n_dev > 1 else None
+        k_pad = self.padded_shape[1]
         seeds = jnp.asarray(grid.seeds, jnp.uint32)
-        self._init_keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), 0))(seeds)
-        self._data_keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), 1))(seeds)
+        self._loss_ids = self._replicate(np.array([k // self._r for k in range(k_pad)], np.int32))
+        self._lrs = self._replicate(np.array([lrs[k % self._r] for k in range(k_pad)], np.float32))
+        self._init_keys = self._replicate(
+            jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), 0))(seeds)
+        )
+        self._data_keys = self._replicate(
+            jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), 1))(seeds)
+        )
         self._data = tuple(
-            jnp.asarray(a)
+            self._replicate(a)
             for a in (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test)
         )
         self.num_traces = 0
@@ -207,6 +230,37 @@ class GridTrainer:
         self._init_fn = jax.jit(self._init)
         self._eval_fn = jax.jit(self._evaluate)
         self._chunk_fn = jax.jit(self._chunk_entry, static_argnames="num_steps", donate_argnums=0)
+
+    # ---------------------------------------------------------------- placement
+
+    def _replicate(self, a: Any) -> Array:
+        """``a`` on every device (data, keys, per-config constants); plain ``jnp`` on one device."""
+        if self.mesh is None:
+            return jnp.asarray(a)
+        sharding = NamedSharding(self.mesh, P())
+        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):  # keys travel as their raw data
+            raw = self._replicate(jax.random.key_data(a))
+            return jax.random.wrap_key_data(raw, impl=jax.random.key_impl(a))
+        a = np.asarray(a)  # from the host, so that it also works across processes
+        return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
+
+    def _shard_configs(self, tree: Any) -> Any:
+        """Constrains every leaf with config axes ``(S, K, ...)`` to be sharded along K."""
+        if self.mesh is None:
+            return tree
+        sharded = NamedSharding(self.mesh, P(None, "configs"))
+        replicated = NamedSharding(self.mesh, P())
+        return jax.tree.map(
+            lambda x: jax.lax.with_sharding_constraint(x, sharded if x.ndim >= 2 else replicated),
+            tree,
+        )
+
+    def _replicated_out(self, tree: Any) -> Any:
+        """Metrics leave the program replicated, so every process can read them."""
+        if self.mesh is None:
+            return tree
+        replicated = NamedSharding(self.mesh, P())
+        return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, replicated), tree)
 
     # ---------------------------------------------------------------- pure pieces (traced)
 
@@ -254,14 +308,15 @@ class GridTrainer:
         return jax.vmap(lambda r, s: jax.lax.dynamic_slice_in_dim(perms[r], s, b))(rows, starts)
 
     def _init(self, init_keys: Array, lrs: Array) -> GridState:
-        s, k = self.grid.shape
+        s, k = self.padded_shape
         params = jax.vmap(self.model.init)(init_keys)  # (S, ...): shared by the K configs of a seed
         params = jax.tree.map(lambda x: jnp.broadcast_to(x[:, None], (s, k, *x.shape[1:])), params)
         opt_state = jax.vmap(jax.vmap(lambda p, lr: init_state(self.tx, p, lr)), (0, None))(
             params, lrs
         )
-        return GridState(
-            params, opt_state, jnp.full((s, k), -1, jnp.int32), jnp.zeros((), jnp.int32)
+        diverged_at = jnp.full((s, k), -1, jnp.int32)
+        return self._shard_configs(
+            GridState(params, opt_state, diverged_at, jnp.zeros((), jnp.int32))
         )
 
     def _evaluate(
@@ -283,18 +338,18 @@ class GridTrainer:
 
         # lax.map, not vmap: one config at a time, each by the same program, so a config's metrics
         # never depend on its neighbours' values. Evaluation runs once per chunk: this costs little.
-        s, k = self.grid.shape
+        s, k = self.padded_shape
         flat_params = jax.tree.map(lambda x: x.reshape(s * k, *x.shape[2:]), state.params)
         flat_ids = jnp.tile(loss_ids, s)
         out = jax.lax.map(lambda args: one(*args), (flat_params, flat_ids))
         out = {name: v.reshape(s, k) for name, v in out.items()}
         alive = state.diverged_at < 0
-        return {name: jnp.where(alive, v, jnp.nan) for name, v in out.items()}
+        return self._replicated_out({name: jnp.where(alive, v, jnp.nan) for name, v in out.items()})
 
     def _chunk(self, state: GridState, data, loss_ids, data_keys, num_steps: int):
         self.num_traces += 1  # runs only while tracing
         x_train, y_train = data[0], data[1]
-        r = len(self.grid.learning_rates)
+        r = self._r
         # Configs are loss-major along K: split the state into one group per loss for the chunk, so
         # each group's step uses its loss statically (a lax.switch under vmap would compute every
         # loss for every config), and merge the groups back at the end.
@@ -335,12 +390,14 @@ class GridTrainer:
         )
         carry, (loss, grad_norm) = jax.lax.scan(body, carry, (steps, indices))
         params, opt_state, diverged_at = (merge([group[i] for group in carry]) for i in range(3))
-        new_state = GridState(params, opt_state, diverged_at, state.step + num_steps)
+        new_state = self._shard_configs(
+            GridState(params, opt_state, diverged_at, state.step + num_steps)
+        )
         out = self._evaluate(new_state, data, loss_ids)
         alive = diverged_at < 0
         out["train_loss"] = jnp.where(alive, jnp.mean(loss, axis=0), jnp.nan)
         out["grad_norm"] = jnp.where(alive, jnp.mean(grad_norm, axis=0), jnp.nan)
-        return new_state, out
+        return new_state, self._replicated_out(out)
 
     def _chunk_entry(self, state, data, loss_ids, data_keys, num_steps: int):
         if not self.settings.checked:
@@ -365,10 +422,40 @@ class GridTrainer:
 
     def evaluate(self, state: GridState) -> dict[str, np.ndarray]:
         """Test and train metrics of every config, ``(S, K)`` arrays (NaN once diverged)."""
-        out = jax.device_get(self._eval_fn(state, self._data, self._loss_ids))
+        out = self._real(jax.device_get(self._eval_fn(state, self._data, self._loss_ids)))
         out["train_loss"] = np.full(self.grid.shape, np.nan, np.float32)
         out["grad_norm"] = np.full(self.grid.shape, np.nan, np.float32)
         return out
+
+    def _real(self, metrics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Drops the padded configs: ``(S, K_padded)`` host arrays to ``(S, K)``."""
+        return {name: np.asarray(v)[:, self.real_configs] for name, v in metrics.items()}
+
+    def host_state(self, state: GridState) -> GridState:
+        """The whole (padded) state as host numpy arrays, gathered from every process."""
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            return multihost_utils.process_allgather(state, tiled=True)
+        return jax.device_get(state)
+
+    def device_state(self, host: GridState) -> GridState:
+        """Puts a host state (a restored checkpoint) on the devices, sharded like ``init_state``."""
+        if self.mesh is None:
+            return jax.tree.map(jnp.asarray, host)
+        sharded = NamedSharding(self.mesh, P(None, "configs"))
+        replicated = NamedSharding(self.mesh, P())
+
+        def put(a):
+            a = np.asarray(a)
+            sharding = sharded if a.ndim >= 2 else replicated
+            return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
+
+        return jax.tree.map(put, host)
+
+    def diverged_steps(self, state: GridState) -> np.ndarray:
+        """``(S, K)`` int array: the step at which each config diverged, -1 if it did not."""
+        return np.asarray(self.host_state(state).diverged_at)[:, self.real_configs]
 
     def run_chunk(
         self, state: GridState, num_steps: int
@@ -388,7 +475,7 @@ class GridTrainer:
             if error.get() is not None:
                 raise ValueError(f"checked mode: {error.get()}")
         state, out = result
-        return state, jax.device_get(out)
+        return state, self._real(jax.device_get(out))
 
     def chunk_sizes(self, start: int = 0) -> Iterator[int]:
         """Steps of each remaining chunk: ``eval_every`` each, the last one possibly shorter."""
@@ -429,5 +516,6 @@ class GridTrainer:
 
 
 def diverged_steps(state: GridState) -> np.ndarray:
-    """``(S, K)`` int array: step at which each config diverged, -1 if it did not."""
+    """``(S, K)`` array of a single-device state's divergence steps; ``GridTrainer.diverged_steps``
+    also drops padded configs and gathers from every process."""
     return np.asarray(jax.device_get(state.diverged_at))

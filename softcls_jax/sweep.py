@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import time
 from collections.abc import Callable
@@ -173,7 +174,7 @@ def prepare_workdir(spec: SweepSpec, workdir: pathlib.Path, overwrite: bool) -> 
     """
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        probe = workdir / ".write_test"
+        probe = workdir / f".write_test.{os.getpid()}"  # per process: several hosts may share it
         probe.write_text("")
         probe.unlink()
     except OSError as e:
@@ -195,7 +196,8 @@ def prepare_workdir(spec: SweepSpec, workdir: pathlib.Path, overwrite: bool) -> 
                 "or --overwrite to replace it",
             )
         return (workdir / checkpoint.FILENAME).exists()
-    results.atomic_write_json(spec_path, spec.as_dict())
+    if jax.process_index() == 0:  # on several hosts, only process 0 writes
+        results.atomic_write_json(spec_path, spec.as_dict())
     return False
 
 
@@ -238,11 +240,12 @@ def run_sweep(
     state, history = None, None
     if resumable:
         try:
-            state, history = checkpoint.restore(
+            host, history = checkpoint.restore(
                 workdir / checkpoint.FILENAME, trainer.state_template()
             )
         except ValueError as e:
             raise SettingError("workdir", f"{e}; remove it or use --overwrite") from None
+        state = trainer.device_state(host)
         if on_resume is not None:
             on_resume(int(state.step))
 
@@ -252,7 +255,9 @@ def run_sweep(
 
     def on_chunk(state: engine.GridState, record: dict) -> None:
         # the trainer appended ``record`` to ``history`` already: the checkpoint includes it
-        checkpoint.save(workdir / checkpoint.FILENAME, state, history)
+        host = trainer.host_state(state)  # a collective on several hosts: every process joins
+        if jax.process_index() == 0:  # only process 0 writes
+            checkpoint.save(workdir / checkpoint.FILENAME, host, history)
         if on_progress is not None:
             on_progress(record["step"], spec.steps, record, time.perf_counter() - start)
 
@@ -265,9 +270,10 @@ def run_sweep(
         "config_examples_per_s": trainer.grid.size * spec.steps * spec.batch_size / wall,
     }
     document = results.build(
-        spec.as_dict(), trainer.grid, history, engine.diverged_steps(state), timing
+        spec.as_dict(), trainer.grid, history, trainer.diverged_steps(state), timing
     )
-    write_outputs(document, workdir)
+    if jax.process_index() == 0:  # on several hosts, only process 0 writes results
+        write_outputs(document, workdir)
     return document
 
 

@@ -56,7 +56,7 @@ def test_divergence_is_frozen_and_isolated():
     _, h_ref = _trainer(engine.Grid(("ce", "mse"), (0.01, 0.1, 0.05), (0, 1))).train()
     with_absurd = _trainer(engine.Grid(("ce", "mse"), (0.01, 0.1, 1e6), (0, 1)))
     state, h = with_absurd.train()
-    diverged = engine.diverged_steps(state)
+    diverged = with_absurd.diverged_steps(state)
     assert np.all(diverged[:, 2] >= 0)  # CE with lr 1e6 blows up
     assert np.all(diverged[:, [0, 1, 3, 4]] == -1)
     others = [0, 1, 3, 4]  # slot 2 of each loss holds the swapped rate

@@ -1,0 +1,100 @@
+"""Scale-out on CPU: forced host devices stand in for accelerators."""
+
+import json
+import os
+import subprocess
+import sys
+
+
+def _run_with_devices(n: int, module: str) -> dict:
+    env = {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}",
+        "JAX_PLATFORMS": "cpu",
+    }
+    proc = subprocess.run([sys.executable, "-m", module], capture_output=True, text=True, env=env,
+                          check=False, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+def test_one_and_four_devices_agree_and_padding_is_dropped():
+    out = _run_with_devices(4, "tests.sharding_worker")
+    assert out["device_count"] == 4
+    assert out["padded_shape"] == {"one": [2, 6], "all": [2, 8]}  # 3 rates padded to 4 per loss
+    assert "configs" in out["sharding_all"]
+    assert out["shapes"] == [[2, 6], [2, 6]]  # padding dropped from results
+    assert out["max_metric_diff"] < 1e-5, out
+    assert out["max_param_diff"] < 1e-5, out
+    assert out["diverged_equal"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+ARGS = [
+    "--loss=ce,mse",
+    "--num_lrs=3",
+    "--seeds=2",
+    "--steps=60",
+    "--eval_every=20",
+    "--hidden=16",
+    "--batch_size=64",
+]
+
+
+def test_two_local_processes_run_one_sweep_like_a_single_process(tmp_path):
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    }
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "experiments.sweep",
+                *ARGS,
+                f"--workdir={tmp_path / 'multi'}",
+                f"--coordinator_address=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    assert "[60/60]" in outputs[0][0] and "[60/60]" not in outputs[1][0]  # process 0 alone reports
+    single_env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    single = subprocess.run([sys.executable, "-m", "experiments.sweep", *ARGS, f"--workdir={tmp_path / 'single'}"],
+                            env=single_env, capture_output=True, text=True, check=False, timeout=600)  # fmt: skip
+    assert single.returncode == 0, single.stderr[-3000:]
+    multi_doc = json.loads((tmp_path / "multi" / "results.json").read_text())
+    single_doc = json.loads((tmp_path / "single" / "results.json").read_text())
+    assert (
+        multi_doc["environment"]["process_count"] == 2
+        and len(multi_doc["environment"]["devices"]) == 4
+    )
+    assert len(multi_doc["configs"]) == len(single_doc["configs"]) == 12
+    for a, b in zip(multi_doc["configs"], single_doc["configs"], strict=True):
+        assert (a["loss"], a["learning_rate"], a["seed"]) == (
+            b["loss"],
+            b["learning_rate"],
+            b["seed"],
+        )
+        for metric, values in a["curves"].items():
+            for x, y in zip(values, b["curves"][metric], strict=True):
+                assert (x is None and y is None) or abs(x - y) < 1e-5, (metric, x, y)
