@@ -513,9 +513,3 @@ class GridTrainer:
             if on_chunk is not None:
                 on_chunk(state, record)
         return state, history
-
-
-def diverged_steps(state: GridState) -> np.ndarray:
-    """``(S, K)`` array of a single-device state's divergence steps; ``GridTrainer.diverged_steps``
-    also drops padded configs and gathers from every process."""
-    return np.asarray(jax.device_get(state.diverged_at))

@@ -51,6 +51,16 @@ def test_common_random_numbers():
     np.testing.assert_array_equal(idx[0], again)
 
 
+def test_chunk_batch_indices_equal_the_per_step_definition():
+    trainer = _trainer(engine.Grid(("ce",), (0.1,), (0, 3)), batch=100)  # 14 steps per epoch
+    key = trainer._data_keys[1]
+    chunk = jax.jit(trainer._chunk_batch_indices, static_argnums=2)(
+        key, jnp.int32(9), 40
+    )  # crosses 3 epochs
+    per_step = jnp.stack([trainer._batch_indices(key, jnp.int32(t)) for t in range(9, 49)])
+    np.testing.assert_array_equal(chunk, per_step)
+
+
 def test_divergence_is_frozen_and_isolated():
     # The same grid with a sane rate or an absurd one in slot 2: every other config is bitwise identical.
     _, h_ref = _trainer(engine.Grid(("ce", "mse"), (0.01, 0.1, 0.05), (0, 1))).train()
