@@ -226,7 +226,7 @@ class GridTrainer:
         )
         self.num_traces = 0
         self.compile_seconds = 0.0
-        self._compiled: dict[int, Any] = {}  # chunk length -> ahead-of-time compiled executable
+        self._compiled: dict[Any, Any] = {}  # chunk length or "eval" -> compiled executable
         self._init_fn = jax.jit(self._init)
         self._eval_fn = jax.jit(self._evaluate)
         self._chunk_fn = jax.jit(self._chunk_entry, static_argnames="num_steps", donate_argnums=0)
@@ -346,7 +346,7 @@ class GridTrainer:
         alive = state.diverged_at < 0
         return self._replicated_out({name: jnp.where(alive, v, jnp.nan) for name, v in out.items()})
 
-    def _chunk(self, state: GridState, data, loss_ids, data_keys, num_steps: int):
+    def _chunk(self, state: GridState, data, data_keys, num_steps: int):
         self.num_traces += 1  # runs only while tracing
         x_train, y_train = data[0], data[1]
         r = self._r
@@ -393,22 +393,21 @@ class GridTrainer:
         new_state = self._shard_configs(
             GridState(params, opt_state, diverged_at, state.step + num_steps)
         )
-        out = self._evaluate(new_state, data, loss_ids)
         alive = diverged_at < 0
-        out["train_loss"] = jnp.where(alive, jnp.mean(loss, axis=0), jnp.nan)
+        out = {"train_loss": jnp.where(alive, jnp.mean(loss, axis=0), jnp.nan)}
         out["grad_norm"] = jnp.where(alive, jnp.mean(grad_norm, axis=0), jnp.nan)
         return new_state, self._replicated_out(out)
 
-    def _chunk_entry(self, state, data, loss_ids, data_keys, num_steps: int):
+    def _chunk_entry(self, state, data, data_keys, num_steps: int):
         if not self.settings.checked:
-            return self._chunk(state, data, loss_ids, data_keys, num_steps)
+            return self._chunk(state, data, data_keys, num_steps)
 
-        def checked(state, data, loss_ids, data_keys):
+        def checked(state, data, data_keys):
             for labels in (data[1], data[3]):
                 check_labels_in_graph(labels, self.dataset.num_classes)
-            return self._chunk(state, data, loss_ids, data_keys, num_steps)
+            return self._chunk(state, data, data_keys, num_steps)
 
-        return checkify.checkify(checked)(state, data, loss_ids, data_keys)
+        return checkify.checkify(checked)(state, data, data_keys)
 
     # ---------------------------------------------------------------- host-side driver
 
@@ -420,9 +419,21 @@ class GridTrainer:
         """Initial parameters (one draw per seed) and optimizer states with each config's rate."""
         return self._init_fn(self._init_keys, self._lrs)
 
+    def _compiled_once(self, key: Any, fn: Any, *args: Any, **static: Any) -> Any:
+        """``fn`` compiled ahead of time for these arguments, once per ``key``; compile time is counted."""
+        if key not in self._compiled:
+            start = time.perf_counter()
+            self._compiled[key] = fn.lower(*args, **static).compile()
+            self.compile_seconds += time.perf_counter() - start
+        return self._compiled[key]
+
+    def _test_metrics(self, state: GridState) -> dict[str, np.ndarray]:
+        args = (state, self._data, self._loss_ids)
+        return self._real(jax.device_get(self._compiled_once("eval", self._eval_fn, *args)(*args)))
+
     def evaluate(self, state: GridState) -> dict[str, np.ndarray]:
         """Test and train metrics of every config, ``(S, K)`` arrays (NaN once diverged)."""
-        out = self._real(jax.device_get(self._eval_fn(state, self._data, self._loss_ids)))
+        out = self._test_metrics(state)
         out["train_loss"] = np.full(self.grid.shape, np.nan, np.float32)
         out["grad_norm"] = np.full(self.grid.shape, np.nan, np.float32)
         return out
@@ -464,18 +475,15 @@ class GridTrainer:
 
         ``state`` is donated: do not use it after the call.
         """
-        args = (state, self._data, self._loss_ids, self._data_keys)
-        if num_steps not in self._compiled:  # compiled ahead of time so compile time is measured
-            start = time.perf_counter()
-            self._compiled[num_steps] = self._chunk_fn.lower(*args, num_steps=num_steps).compile()
-            self.compile_seconds += time.perf_counter() - start
-        result = self._compiled[num_steps](*args)
+        args = (state, self._data, self._data_keys)
+        result = self._compiled_once(num_steps, self._chunk_fn, *args, num_steps=num_steps)(*args)
         if self.settings.checked:
             error, result = result
             if error.get() is not None:
                 raise ValueError(f"checked mode: {error.get()}")
         state, out = result
-        return state, self._real(jax.device_get(out))
+        # The evaluation is its own program, compiled once and shared with ``evaluate``.
+        return state, {**self._test_metrics(state), **self._real(jax.device_get(out))}
 
     def chunk_sizes(self, start: int = 0) -> Iterator[int]:
         """Steps of each remaining chunk: ``eval_every`` each, the last one possibly shorter."""
