@@ -422,6 +422,7 @@ class GridTrainer:
     def _compiled_once(self, key: Any, fn: Any, *args: Any, **static: Any) -> Any:
         """``fn`` compiled ahead of time for these arguments, once per ``key``; compile time is counted."""
         if key not in self._compiled:
+            jax.block_until_ready(args)  # or the timer would also count a chunk still running
             start = time.perf_counter()
             self._compiled[key] = fn.lower(*args, **static).compile()
             self.compile_seconds += time.perf_counter() - start
