@@ -15,8 +15,14 @@ config in place of a sane one, every other config's results are bitwise identica
 *shape* is another compiled program, and XLA picks kernels by shape, so a config's results in a wider
 or narrower grid agree with these to float32 rounding (~1e-7 relative), not to the bit.
 
-Learning rates live in the optimizer state (``optax.inject_hyperparams``) and the loss is chosen by an
-integer id with ``lax.switch``, so one compilation serves every learning rate, seed and loss.
+Learning rates live in the optimizer state (``optax.inject_hyperparams``) and the losses are fixed
+per group at trace time, so one compilation serves every learning rate, seed and loss of a grid (the
+evaluation picks each config's loss by id with ``lax.switch``: it runs once per chunk).
+
+Scale-out. The K axis is sharded over a 1-D mesh of all devices (``NamedSharding``, axis
+``configs``), learning rates padded per loss to a multiple of the device count; data are replicated,
+metrics leave the program replicated, and padded configs are dropped from every result. On several
+hosts the same code runs in every process after ``jax.distributed.initialize``.
 
 Common random numbers: configs of one seed start from the same parameters and see the same
 minibatches, so their differences come from the loss and the learning rate alone.
@@ -171,10 +177,15 @@ class GridTrainer:
       >>> trainer = GridTrainer(model, dataset, Grid(("ce", "mse"), (0.1, 1.0), (0,)), TrainSettings())
       >>> state, history = trainer.train()
 
+    Args:
+      model, dataset, grid, settings: what to train.
+      devices: the devices whose mesh shards the configs; all of ``jax.devices()`` by default.
+
     Attributes:
       num_traces: how many times the chunk program was traced (= compiled): one per distinct chunk
         length, independent of the number of learning rates, seeds and losses.
-      compile_seconds: time spent compiling chunk programs.
+      compile_seconds: time spent compiling the chunk and evaluation programs.
+      padded_shape: the internal ``(S, K_padded)`` config layout; ``real_configs`` indexes its K axis.
     """
 
     def __init__(
