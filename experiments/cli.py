@@ -8,6 +8,8 @@ import sys
 
 from absl import flags
 
+from softcls_jax.files import writable_dir
+
 
 class FlagError(ValueError):
     """A bad flag value; the message names the flag."""
@@ -49,9 +51,7 @@ def numbers(flag: str, texts: list[str], kind: type = float) -> tuple:
 
 def make_workdir(path: str) -> pathlib.Path:
     """Creates the output directory; FlagError naming --workdir if it cannot be written."""
-    workdir = pathlib.Path(path)
     try:
-        workdir.mkdir(parents=True, exist_ok=True)
+        return writable_dir(path)
     except OSError as e:
-        raise FlagError("workdir", f"cannot write to {workdir}: {e.strerror or e}") from None
-    return workdir
+        raise FlagError("workdir", f"cannot write to {path}: {e.strerror or e}") from None

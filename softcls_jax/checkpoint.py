@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import tempfile
 from typing import Any
 
 import jax
@@ -20,6 +19,7 @@ import numpy as np
 from flax import serialization
 
 from softcls_jax.engine import METRICS, GridState
+from softcls_jax.files import atomic_write
 
 FILENAME = "checkpoint.msgpack"
 
@@ -35,12 +35,7 @@ def save(path: str | os.PathLike, state: GridState, history: list[dict]) -> None
             **{m: np.stack([np.asarray(h[m]) for h in history]) for m in METRICS},
         },
     }
-    data = serialization.msgpack_serialize(payload)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(f.name, path)
+    atomic_write(path, serialization.msgpack_serialize(payload))
 
 
 def restore(path: str | os.PathLike, template: Any) -> tuple[GridState, list[dict]]:

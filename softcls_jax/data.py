@@ -13,14 +13,15 @@ Features are float32 ``(N, D)``, labels int32 ``(N,)``.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import pathlib
-import tempfile
 import zipfile
 
 import jax
 import numpy as np
 
+from softcls_jax.files import atomic_write
 from softcls_jax.labels import corrupt_labels
 
 DATASETS = ("digits", "mnist1d", "blobs", "npz:PATH")
@@ -151,10 +152,10 @@ def load_mnist1d() -> Dataset:
 
         generated = make_dataset(get_dataset_args())  # generates; get_dataset would download
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as f:
-            np.savez(f, x_train=generated["x"], y_train=generated["y"],
-                     x_test=generated["x_test"], y_test=generated["y_test"])  # fmt: skip
-        os.replace(f.name, path)  # atomic: a crash never leaves a half-written cache
+        buffer = io.BytesIO()
+        np.savez(buffer, x_train=generated["x"], y_train=generated["y"],
+                 x_test=generated["x_test"], y_test=generated["y_test"])  # fmt: skip
+        atomic_write(path, buffer.getvalue())  # a crash never leaves a half-written cache
     return load_npz(str(path), name="mnist1d", num_classes=10)
 
 

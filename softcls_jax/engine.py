@@ -244,34 +244,38 @@ class GridTrainer:
 
     # ---------------------------------------------------------------- placement
 
+    def _sharding(self, ndim: int) -> NamedSharding:
+        """The placement rule: leaves with config axes ``(S, K, ...)`` are sharded along K, the rest
+        (scalars, metrics, data) replicated."""
+        return NamedSharding(self.mesh, P(None, "configs") if ndim >= 2 else P())
+
+    def _put(self, a: Any, sharding: NamedSharding) -> Array:
+        """A global array from host data that every process holds (works across processes too)."""
+        a = np.asarray(a)
+        return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
+
     def _replicate(self, a: Any) -> Array:
         """``a`` on every device (data, keys, per-config constants); plain ``jnp`` on one device."""
         if self.mesh is None:
             return jnp.asarray(a)
-        sharding = NamedSharding(self.mesh, P())
         if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):  # keys travel as their raw data
             raw = self._replicate(jax.random.key_data(a))
             return jax.random.wrap_key_data(raw, impl=jax.random.key_impl(a))
-        a = np.asarray(a)  # from the host, so that it also works across processes
-        return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
+        return self._put(a, self._sharding(0))
 
     def _shard_configs(self, tree: Any) -> Any:
-        """Constrains every leaf with config axes ``(S, K, ...)`` to be sharded along K."""
+        """Constrains every leaf of a state to :meth:`_sharding` inside a compiled program."""
         if self.mesh is None:
             return tree
-        sharded = NamedSharding(self.mesh, P(None, "configs"))
-        replicated = NamedSharding(self.mesh, P())
         return jax.tree.map(
-            lambda x: jax.lax.with_sharding_constraint(x, sharded if x.ndim >= 2 else replicated),
-            tree,
+            lambda x: jax.lax.with_sharding_constraint(x, self._sharding(x.ndim)), tree
         )
 
     def _replicated_out(self, tree: Any) -> Any:
         """Metrics leave the program replicated, so every process can read them."""
         if self.mesh is None:
             return tree
-        replicated = NamedSharding(self.mesh, P())
-        return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, replicated), tree)
+        return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, self._sharding(0)), tree)
 
     # ---------------------------------------------------------------- pure pieces (traced)
 
@@ -466,15 +470,7 @@ class GridTrainer:
         """Puts a host state (a restored checkpoint) on the devices, sharded like ``init_state``."""
         if self.mesh is None:
             return jax.tree.map(jnp.asarray, host)
-        sharded = NamedSharding(self.mesh, P(None, "configs"))
-        replicated = NamedSharding(self.mesh, P())
-
-        def put(a):
-            a = np.asarray(a)
-            sharding = sharded if a.ndim >= 2 else replicated
-            return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
-
-        return jax.tree.map(put, host)
+        return jax.tree.map(lambda a: self._put(a, self._sharding(np.ndim(a))), host)
 
     def diverged_steps(self, state: GridState) -> np.ndarray:
         """``(S, K)`` int array: the step at which each config diverged, -1 if it did not."""
@@ -509,15 +505,16 @@ class GridTrainer:
         self,
         state: GridState | None = None,
         history: list[dict] | None = None,
-        on_chunk: Callable[[GridState, dict], None] | None = None,
+        on_chunk: Callable[[GridState, list[dict]], None] | None = None,
     ) -> tuple[GridState, list[dict]]:
         """Trains to ``settings.steps``; returns the final state and one metrics record per chunk.
 
         Args:
           state: a state to continue from (e.g. a checkpoint); fresh if None.
           history: the records so far, continued in place; a fresh run starts with the step-0 record.
-          on_chunk: called after every chunk with the new state and its record (progress,
-            checkpoints); it must not keep ``state``, which the next chunk donates.
+          on_chunk: called after every chunk with the new state and the history so far (its last
+            record is the new one: progress, checkpoints); it must not keep ``state``, which the
+            next chunk donates.
 
         Returns:
           ``(state, history)``; each record is ``{"step": int, metric: (S, K) array, ...}``.
@@ -531,5 +528,5 @@ class GridTrainer:
             record = {"step": int(state.step), **out}
             history.append(record)
             if on_chunk is not None:
-                on_chunk(state, record)
+                on_chunk(state, history)
         return state, history

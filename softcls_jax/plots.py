@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import io
 import os
-import pathlib
 from collections.abc import Sequence
 
 import matplotlib
@@ -12,21 +12,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from softcls_jax.files import atomic_write
+from softcls_jax.results import by_loss_and_lr
+
 
 def save(fig: plt.Figure, path: str | os.PathLike) -> None:
-    """Saves ``fig`` as PNG atomically (temporary file, then rename) and closes it."""
-    path = pathlib.Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=110, format="png")
+    """Saves ``fig`` as PNG atomically (:func:`softcls_jax.files.atomic_write`) and closes it."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
-
-
-def _by_loss_and_lr(records: Sequence[dict]) -> dict[str, dict[float, list[dict]]]:
-    out: dict[str, dict[float, list[dict]]] = {}
-    for r in records:
-        out.setdefault(r["loss"], {}).setdefault(r["learning_rate"], []).append(r)
-    return out
+    atomic_write(path, buffer.getvalue())
 
 
 def _values(runs: list[dict], metric: str) -> np.ndarray:
@@ -38,7 +33,7 @@ def _values(runs: list[dict], metric: str) -> np.ndarray:
 def accuracy_vs_lr(records: Sequence[dict], path: str | os.PathLike) -> None:
     """Final test accuracy against learning rate, one line per loss (mean ± std over seeds)."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    for loss, by_lr in _by_loss_and_lr(records).items():
+    for loss, by_lr in by_loss_and_lr(records).items():
         lrs = sorted(by_lr)
         accs = [_values(by_lr[lr], "test_accuracy") for lr in lrs]
         mean = np.array([np.nanmean(a) if np.isfinite(a).any() else np.nan for a in accs])
@@ -61,7 +56,7 @@ def learning_curves(
     records: Sequence[dict], path: str | os.PathLike, metric: str = "test_accuracy"
 ) -> None:
     """``metric`` against step, one panel per loss, one line per learning rate (seed 0 of each)."""
-    grouped = _by_loss_and_lr(records)
+    grouped = by_loss_and_lr(records)
     fig, axes = plt.subplots(
         1, len(grouped), figsize=(5 * len(grouped), 3.8), squeeze=False, sharey=True
     )

@@ -13,32 +13,21 @@ import io
 import json
 import math
 import os
-import pathlib
 import platform
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from softcls_jax.engine import METRICS, Grid
+from softcls_jax.files import atomic_write
 
 SCHEMA = "softcls-jax/sweep/v1"
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Writes ``text`` to a temporary file beside ``path``, then renames it over ``path``.
-
-    A crash leaves either the old file or the new one, never a half-written file.
-    """
-    path = pathlib.Path(path)
-    with tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, prefix=f".{path.name}.", delete=False
-    ) as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(f.name, path)
+    """Writes ``text`` to ``path`` atomically (:func:`softcls_jax.files.atomic_write`)."""
+    atomic_write(path, text)
 
 
 def _clean(value: Any) -> Any:
@@ -135,13 +124,12 @@ def _fmt(x: float | None) -> str:
     return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.6g}"
 
 
-def _groups(records: Sequence[dict]) -> tuple[list[str], list[float], dict]:
-    losses = list(dict.fromkeys(r["loss"] for r in records))
-    lrs = sorted({r["learning_rate"] for r in records})
-    cells: dict[tuple[str, float], list[dict]] = {}
+def by_loss_and_lr(records: Sequence[dict]) -> dict[str, dict[float, list[dict]]]:
+    """Config records grouped as ``{loss: {learning_rate: [one record per seed]}}``, losses in order."""
+    out: dict[str, dict[float, list[dict]]] = {}
     for r in records:
-        cells.setdefault((r["loss"], r["learning_rate"]), []).append(r)
-    return losses, lrs, cells
+        out.setdefault(r["loss"], {}).setdefault(r["learning_rate"], []).append(r)
+    return out
 
 
 def _cell(runs: list[dict], metric: str = "test_accuracy") -> str:
@@ -161,22 +149,22 @@ def _cell(runs: list[dict], metric: str = "test_accuracy") -> str:
 
 def accuracy_table(records: Sequence[dict]) -> str:
     """Markdown table: learning rate × loss of final test accuracy (%, mean ± std over seeds)."""
-    losses, lrs, cells = _groups(records)
+    grouped = by_loss_and_lr(records)
+    losses, lrs = list(grouped), sorted({r["learning_rate"] for r in records})
     lines = ["| learning rate | " + " | ".join(losses) + " |", "|---:|" + "---:|" * len(losses)]
     for lr in lrs:
-        row = [_cell(cells.get((loss, lr), [])) for loss in losses]
+        row = [_cell(grouped[loss].get(lr, [])) for loss in losses]
         lines.append(f"| {lr:.3g} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
 def best_per_loss(records: Sequence[dict]) -> list[dict]:
     """For each loss, the learning rate with the best mean final test accuracy over seeds."""
-    losses, lrs, cells = _groups(records)
     best = []
-    for loss in losses:
+    for loss, by_lr in by_loss_and_lr(records).items():
         scored = []
-        for lr in lrs:
-            runs = [r for r in cells.get((loss, lr), []) if not r["diverged"]]
+        for lr in sorted(by_lr):
+            runs = [r for r in by_lr[lr] if not r["diverged"]]
             accs = [r["final"]["test_accuracy"] for r in runs]
             if accs and all(a is not None for a in accs):
                 scored.append((float(np.mean(accs)), lr, runs))

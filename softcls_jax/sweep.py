@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import pathlib
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ import jax
 import numpy as np
 
 from softcls_jax import checkpoint, data, engine, models, plots, results
+from softcls_jax.files import writable_dir
 from softcls_jax.losses import LOSSES
 from softcls_jax.optim import OPTIMIZERS, check_learning_rate
 
@@ -173,10 +173,7 @@ def prepare_workdir(spec: SweepSpec, workdir: pathlib.Path, overwrite: bool) -> 
     ``overwrite``, which removes that sweep's files first.
     """
     try:
-        workdir.mkdir(parents=True, exist_ok=True)
-        probe = workdir / f".write_test.{os.getpid()}"  # per process: several hosts may share it
-        probe.write_text("")
-        probe.unlink()
+        writable_dir(workdir)
     except OSError as e:
         raise SettingError("workdir", f"cannot write to {workdir}: {e.strerror or e}") from None
     spec_path = workdir / SPEC_FILE
@@ -249,17 +246,13 @@ def run_sweep(
         if on_resume is not None:
             on_resume(int(state.step))
 
-    if state is None:
-        state = trainer.init_state()
-        history = [{"step": 0, **trainer.evaluate(state)}]
-
-    def on_chunk(state: engine.GridState, record: dict) -> None:
-        # the trainer appended ``record`` to ``history`` already: the checkpoint includes it
+    def on_chunk(state: engine.GridState, history: list[dict]) -> None:
         host = trainer.host_state(state)  # a collective on several hosts: every process joins
         if jax.process_index() == 0:  # only process 0 writes
             checkpoint.save(workdir / checkpoint.FILENAME, host, history)
         if on_progress is not None:
-            on_progress(record["step"], spec.steps, record, time.perf_counter() - start)
+            step = history[-1]["step"]
+            on_progress(step, spec.steps, history[-1], time.perf_counter() - start)
 
     state, history = trainer.train(state=state, history=history, on_chunk=on_chunk)
     jax.block_until_ready(state)
