@@ -40,6 +40,22 @@ def _activation(name: str) -> Callable[[Array], Array]:
     return ACTIVATIONS[name]
 
 
+def _dense_feature_major(layer: nnx.Linear, h: Array) -> Array:
+    """``layer`` applied to feature-major activations: ``(in, N) -> (out, N)``, i.e. ``(h^T W + b)^T``.
+
+    Why feature-major: the engine maps a model over many configs that share one minibatch. With
+    ``(N, features)`` activations the output layer becomes a batch of ``(N, H) x (H, C)`` products whose
+    narrow ``C`` (10 classes) is the vectorised dimension; with ``(features, N)`` every product has the
+    batch ``N`` there instead. Same math; on the CPU reference sweep the step is ~30 % faster.
+    """
+    return jnp.einsum("io,in->on", layer.kernel[...], h) + layer.bias[...][:, None]
+
+
+def _rows(x: Array, features: int) -> tuple[Array, tuple[int, ...]]:
+    """``x (..., features)`` as a matrix ``(N, features)``, and the leading shape to restore."""
+    return x.reshape(-1, features), x.shape[:-1]
+
+
 class SoftmaxRegression(nnx.Module):
     """``z = x W + b``: one affine map to the logits (C17)."""
 
@@ -47,7 +63,8 @@ class SoftmaxRegression(nnx.Module):
         self.out = nnx.Linear(in_features, num_classes, rngs=rngs)
 
     def __call__(self, x: Array) -> Array:
-        return self.out(x)
+        rows, lead = _rows(x, self.out.in_features)
+        return _dense_feature_major(self.out, rows.T).T.reshape(*lead, -1)
 
 
 class MLP(nnx.Module):
@@ -74,10 +91,12 @@ class MLP(nnx.Module):
         self.residual = residual
 
     def __call__(self, x: Array) -> Array:
+        rows, lead = _rows(x, self.hidden[0].in_features if self.hidden else self.out.in_features)
+        h = rows.T  # feature-major (features, N): see _dense_feature_major
         for layer in self.hidden:
-            h = self.activation(layer(x))
-            x = x + h if self.residual and h.shape == x.shape else h
-        return self.out(x)
+            a = self.activation(_dense_feature_major(layer, h))
+            h = h + a if self.residual and a.shape == h.shape else a
+        return _dense_feature_major(self.out, h).T.reshape(*lead, -1)
 
 
 class CNN1D(nnx.Module):

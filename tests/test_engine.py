@@ -61,6 +61,21 @@ def test_chunk_batch_indices_equal_the_per_step_definition():
     np.testing.assert_array_equal(chunk, per_step)
 
 
+@pytest.mark.parametrize("model", ["linear", "mlp", "cnn1d"])
+def test_cheaply_compiled_programs_give_the_default_results(model):
+    # The init and index programs run once and are compiled at -O1 on CPU: bitwise the same results.
+    trainer = _trainer(engine.Grid(("ce", "mse"), (0.1, 0.3), (0, 5)), model=model)
+    default_init = jax.jit(trainer._init)(trainer._init_keys, trainer._lrs)
+    chex.assert_trees_all_equal(trainer.init_state(), default_init)
+    indices = trainer._compiled_once(
+        ("indices", 7), trainer._indices_fn, trainer._data_keys, jnp.int32(30), 7, run_once=True
+    )(trainer._data_keys, jnp.int32(30))
+    per_step = jax.vmap(jax.vmap(trainer._batch_indices, (0, None)), (None, 0))(
+        trainer._data_keys, jnp.arange(30, 37, dtype=jnp.int32)
+    )
+    np.testing.assert_array_equal(indices, per_step)
+
+
 def test_divergence_is_frozen_and_isolated():
     # The same grid with a sane rate or an absurd one in slot 2: every other config is bitwise identical.
     _, h_ref = _trainer(engine.Grid(("ce", "mse"), (0.01, 0.1, 0.05), (0, 1))).train()

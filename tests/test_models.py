@@ -50,6 +50,17 @@ def test_mlp_is_b_plus_w_sigma_of_b_plus_wx(activation):
     )
 
 
+@pytest.mark.parametrize("name", ["linear", "mlp"])
+def test_any_leading_shape_is_a_batch_of_rows(name):
+    # The dense models compute feature-major inside; their contract stays (..., D) -> (..., C).
+    model = models.make_model(name, 6, 3, hidden=(5, 5), residual=True)
+    p = model.init(jax.random.key(6))
+    x = jax.random.normal(jax.random.key(7), (2, 4, 6))
+    rows = model.apply(p, x.reshape(8, 6))
+    np.testing.assert_array_equal(model.apply(p, x), rows.reshape(2, 4, 3))
+    np.testing.assert_allclose(model.apply(p, x[1, 2]), rows[6], rtol=1e-6, atol=1e-7)
+
+
 def test_softmax_regression_log_odds_are_affine_in_x():
     # C17 on the Flax model: pairwise logit differences are affine, so decision boundaries are hyperplanes.
     model = models.make_model("linear", 5, 4)
