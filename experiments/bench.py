@@ -34,7 +34,8 @@ import optax
 from absl import app, flags
 
 from experiments.cli import FlagError, fail, make_workdir, parse_flags
-from softcls_jax import data, engine, losses, models
+from experiments.workload import BATCH, HIDDEN, batch_stream, workload
+from softcls_jax import data, losses
 from softcls_jax.results import atomic_write_json, environment
 
 FLAGS = flags.FLAGS
@@ -46,23 +47,6 @@ flags.DEFINE_integer(
     "rounds", 2, "Interleaved rounds of the contenders; the best round of each is reported."
 )
 
-HIDDEN = 128
-BATCH = 128
-
-
-def workload(num_lrs: int, steps: int, dataset: data.Dataset) -> engine.GridTrainer:
-    """The reference grid: num_lrs log-spaced rates 1e-3 … 1 × {CE, MSE}, one seed."""
-    model = models.make_model("mlp", dataset.num_features, dataset.num_classes, hidden=(HIDDEN,))
-    lrs = tuple(float(x) for x in np.logspace(-3, 0, num_lrs))
-    return engine.GridTrainer(model, dataset, engine.Grid(("ce", "mse"), lrs, (0,)),
-                              engine.TrainSettings("sgd", steps, BATCH, steps))  # fmt: skip
-
-
-def batch_stream(trainer: engine.GridTrainer, steps: int) -> np.ndarray:
-    """The engine's minibatch indices of seed 0, ``(steps, B)``: every contender trains on these."""
-    fn = jax.jit(jax.vmap(trainer._batch_indices, (None, 0)))
-    return np.asarray(fn(trainer._data_keys[0], jnp.arange(steps, dtype=jnp.int32)))
-
 
 def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.argmax(logits, -1) == labels))
@@ -72,19 +56,18 @@ def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def run_sweep(dataset, num_lrs, steps) -> dict:
-    """The engine, timed three ways: wall (all in), compile (init + chunk), and steady (a second run of
-    the compiled chunk from a fresh state: what the compiled program itself achieves)."""
+    """The engine, timed three ways: wall (all in), compile (its init, minibatch-index, chunk and
+    evaluation programs), and steady (a second run of the compiled chunk from a fresh state: what the
+    compiled program itself achieves)."""
     trainer = workload(num_lrs, steps, dataset)
     start = time.perf_counter()
-    state = jax.block_until_ready(trainer.init_state())  # its first call compiles it
-    init_s = time.perf_counter() - start
-    state, history = trainer.train(state=state, history=[])
+    state, history = trainer.train(state=trainer.init_state(), history=[])
     jax.block_until_ready(state)
     wall = time.perf_counter() - start
     t0 = time.perf_counter()
     jax.block_until_ready(trainer.run_chunk(trainer.init_state(), steps))
     steady = time.perf_counter() - t0
-    compile_s = trainer.compile_seconds + init_s
+    compile_s = trainer.compile_seconds
     return {"wall_s": wall, "compile_s": compile_s, "run_s": wall - compile_s, "steady_s": steady,
             "accuracy": history[-1]["test_accuracy"][0].tolist()}  # fmt: skip
 
@@ -339,7 +322,7 @@ def main(argv: Sequence[str]) -> None:
     sweep = best["sweep"]
     rows = []
     print(
-        f"\n{'contender':<11} {'wall s':>8} {'compile s':>9} {'run s':>7} {'cfg·ex/s':>10} {'sweep ×':>8} {'accuracy (mean)':>15}"
+        f"\n{'contender':<11} {'wall s':>8} {'compile s':>9} {'run s':>7} {'cfg·ex/s':>10} {'sweep ×':>8} {'no-compile ×':>12} {'accuracy (mean)':>15}"
     )
     for name, result in best.items():
         if result is None:
@@ -347,16 +330,13 @@ def main(argv: Sequence[str]) -> None:
             continue
         throughput = g * steps * BATCH / result["wall_s"]
         ratio = result["wall_s"] / sweep["wall_s"]
-        rows.append(
-            {
-                "contender": name,
-                **result,
-                "config_examples_per_s": throughput,
-                "sweep_speedup": ratio,
-            }
-        )
+        # Compile left out on both sides: the contender's training time against a second run of the
+        # sweep's compiled chunk (steady_s). Informative; the targets are stated on wall time.
+        run_ratio = result.get("steady_s", result["run_s"]) / sweep["steady_s"]
+        rows.append({"contender": name, **result, "config_examples_per_s": throughput,
+                     "sweep_speedup": ratio, "sweep_speedup_excluding_compile": run_ratio})  # fmt: skip
         print(f"{name:<11} {result['wall_s']:>8.2f} {result['compile_s']:>9.2f} {result['run_s']:>7.2f} "
-              f"{throughput:>10.3g} {ratio:>8.2f} {100 * np.mean(result['accuracy']):>14.2f}%")  # fmt: skip
+              f"{throughput:>10.3g} {ratio:>8.2f} {run_ratio:>12.2f} {100 * np.mean(result['accuracy']):>14.2f}%")  # fmt: skip
     agreement = max(
         abs(a - b) for r in rows for a, b in zip(r["accuracy"], sweep["accuracy"], strict=True)
     )

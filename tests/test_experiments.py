@@ -78,3 +78,12 @@ def test_report_fast_subset(tmp_path):
 def test_experiment_bad_flags(module, args, message, tmp_path):
     proc = _run(module, *args, f"--workdir={tmp_path}")
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_profile_step_attributes_the_step_time_to_ops(tmp_path):
+    proc = _run("profile_step", "--steps=5", "--top=5", f"--workdir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    rows = (tmp_path / "profile.csv").read_text().splitlines()
+    assert rows[0] == "op,us_per_step,shape,from" and len(rows) > 10
+    assert any("dot" in row or "ynn" in row for row in rows[1:6])  # the matmuls lead
+    assert "µs per step" in proc.stdout

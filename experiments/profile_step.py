@@ -1,0 +1,130 @@
+r"""Where a sweep step's time goes: the compiled chunk of the benchmark's reference workload, per op.
+
+  python -m experiments.profile_step              # 200 steps, top 25 ops
+  python -m experiments.profile_step --steps=500 --top=40
+
+Runs the reference grid of ``experiments.bench`` (16 configs, MLP 64-128-10 on digits, SGD, batch
+128) once to warm up, then once under ``jax.profiler``, and adds up the time of every XLA op of the
+step (on CPU: every thunk, which XLA:CPU only reports to the profiler with
+``--xla_cpu_enable_xprof_traceme``, set here before the backend starts). Ops that run once per step
+are listed with µs per step, their output shape from the optimized HLO and the JAX operation they
+came from, so a slow op can be found in the source. Ops run concurrently on the CPU's threads, so
+the per-op sum can exceed the wall time of a step; both are printed.
+
+Writes ``profile.csv`` and the raw trace (``trace/``, for TensorBoard or Perfetto) into --workdir.
+This is how the engine's layout was chosen: see the README's performance section.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import gzip
+import json
+import os
+import re
+import time
+from collections.abc import Sequence
+
+import jax
+from absl import app, flags
+
+from experiments.cli import FlagError, fail, make_workdir, parse_flags
+from experiments.workload import workload
+from softcls_jax import data
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("steps", 200, "Steps of the profiled chunk (one compiled call).")
+flags.DEFINE_integer("top", 25, "How many of the costliest ops to print.")
+flags.DEFINE_string("workdir", "runs/profile", "Output directory for profile.csv and the trace.")
+
+_TRACEME = "--xla_cpu_enable_xprof_traceme=true"
+
+
+def hlo_index(hlo_text: str) -> dict[str, tuple[str, str]]:
+    """Op name -> (output shape, the JAX operation it came from) from optimized HLO text."""
+    index = {}
+    for line in hlo_text.splitlines():
+        m = re.match(r"\s+(?:ROOT )?%?([\w.\-]+) = (\S+) ", line)
+        if m:
+            origin = re.search(r'op_name="([^"]*)"', line)
+            index[m.group(1)] = (m.group(2), origin.group(1) if origin else "")
+    return index
+
+
+def op_totals(trace_events: list[dict]) -> tuple[collections.Counter, collections.Counter]:
+    """Total microseconds and call counts per event name (complete events only)."""
+    total, calls = collections.Counter(), collections.Counter()
+    for event in trace_events:
+        if event.get("ph") == "X":
+            total[event["name"]] += event.get("dur", 0)
+            calls[event["name"]] += 1
+    return total, calls
+
+
+def per_step_rows(total, calls, index, steps: int) -> list[dict]:
+    """The ops that ran once per step (the scan body), costliest first."""
+    rows = []
+    for name in total:
+        if calls[name] == steps and name in index:
+            shape, origin = index[name]
+            rows.append(
+                {"op": name, "us_per_step": total[name] / steps, "shape": shape,
+                 "from": origin.split("closed_call/")[-1]}
+            )  # fmt: skip
+    return sorted(rows, key=lambda r: -r["us_per_step"])
+
+
+def main(argv: Sequence[str]) -> None:
+    del argv
+    if FLAGS.steps < 1 or FLAGS.top < 1:
+        fail("--steps and --top must be >= 1")
+    try:
+        workdir = make_workdir(FLAGS.workdir)
+    except FlagError as e:
+        fail(str(e))
+    # Read when the XLA backend starts (the first computation, below): XLA:CPU reports its ops to
+    # the profiler only with this flag.
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_TRACEME}".strip()
+    steps = FLAGS.steps
+    trainer = workload(8, steps, data.load("digits"))
+    state = trainer.init_state()
+    idx_args = (trainer._data_keys, state.step, steps)
+    indices = trainer._compiled_once("indices", trainer._indices_fn, *idx_args, run_once=True)(
+        *idx_args[:2]
+    )
+    args = (state, trainer._data, indices)
+    chunk = trainer._chunk_fn.lower(*args).compile()
+    jax.block_until_ready(chunk(*args))  # warm up (donates state)
+    state = jax.block_until_ready(trainer.init_state())
+    trace_dir = workdir / "trace"
+    jax.profiler.start_trace(str(trace_dir))
+    start = time.perf_counter()
+    jax.block_until_ready(chunk(state, trainer._data, indices))
+    wall = time.perf_counter() - start
+    jax.profiler.stop_trace()
+    newest = max(trace_dir.glob("**/*.trace.json.gz"), key=lambda p: p.stat().st_mtime)
+    with gzip.open(newest) as f:
+        events = json.load(f)
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    total, calls = op_totals(events)
+    rows = per_step_rows(total, calls, hlo_index(chunk.as_text()), steps)
+    if not rows:
+        fail("the trace holds no per-op events (is this backend's runtime traced?)")
+    summed = sum(r["us_per_step"] for r in rows)
+    print(f"{len(trainer.grid.configs())} configs, {steps} steps on {jax.devices()[0].platform}: "
+          f"{1e6 * wall / steps:.0f} µs per step (wall, under the profiler); "
+          f"{summed:.0f} µs per step summed over {len(rows)} ops\n")  # fmt: skip
+    print(f"{'µs/step':>8} {'share':>6}  {'op':<28} {'output shape':<24} from")
+    for r in rows[: FLAGS.top]:
+        print(f"{r['us_per_step']:>8.1f} {100 * r['us_per_step'] / summed:>5.1f}%  {r['op']:<28} "
+              f"{r['shape'].split('{')[0]:<24} {r['from'][:60]}")  # fmt: skip
+    with open(workdir / "profile.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"\nwrote {workdir}/profile.csv and the trace in {trace_dir}")
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)
