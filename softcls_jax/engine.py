@@ -178,7 +178,7 @@ class GridTrainer:
     Attributes:
       num_traces: how many times the chunk program was traced (= compiled): one per distinct chunk
         length, independent of the number of learning rates, seeds and losses.
-      compile_seconds: time spent compiling the chunk and evaluation programs.
+      compile_seconds: time spent compiling the init, minibatch-index, chunk and evaluation programs.
       padded_shape: the internal ``(S, K_padded)`` config layout; ``real_configs`` indexes its K axis.
     """
 
@@ -231,7 +231,7 @@ class GridTrainer:
         )
         self.num_traces = 0
         self.compile_seconds = 0.0
-        self._compiled: dict[Any, Any] = {}  # chunk length or "eval" -> compiled executable
+        self._compiled: dict[Any, Any] = {}  # "init", "eval", ("chunk"/"indices", steps) -> exe
         self._init_fn = jax.jit(self._init)
         self._eval_fn = jax.jit(self._evaluate)
         self._indices_fn = jax.jit(
