@@ -36,6 +36,9 @@ from softcls_jax import data
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("steps", 200, "Steps of the profiled chunk (one compiled call).")
 flags.DEFINE_integer("top", 25, "How many of the costliest ops to print.")
+flags.DEFINE_integer(
+    "num_lrs", 8, "Learning rates per loss: the grid has 2 × num_lrs configs (8: the reference 16)."
+)
 flags.DEFINE_string("workdir", "runs/profile", "Output directory for profile.csv and the trace.")
 
 _TRACEME = "--xla_cpu_enable_xprof_traceme=true"
@@ -77,8 +80,8 @@ def per_step_rows(total, calls, index, steps: int) -> list[dict]:
 
 def main(argv: Sequence[str]) -> None:
     del argv
-    if FLAGS.steps < 1 or FLAGS.top < 1:
-        fail("--steps and --top must be >= 1")
+    if min(FLAGS.steps, FLAGS.top, FLAGS.num_lrs) < 1:
+        fail("--steps, --top and --num_lrs must be >= 1")
     try:
         workdir = make_workdir(FLAGS.workdir)
     except FlagError as e:
@@ -87,7 +90,7 @@ def main(argv: Sequence[str]) -> None:
     # the profiler only with this flag.
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_TRACEME}".strip()
     steps = FLAGS.steps
-    trainer = workload(8, steps, data.load("digits"))
+    trainer = workload(FLAGS.num_lrs, steps, data.load("digits"))
     state = trainer.init_state()
     idx_args = (trainer._data_keys, state.step, steps)
     indices = trainer._compiled_once("indices", trainer._indices_fn, *idx_args, run_once=True)(
