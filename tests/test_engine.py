@@ -204,3 +204,29 @@ def test_a_config_alone_agrees_to_float32_rounding():
         np.testing.assert_allclose(
             alone[-1][name][0, 0], grid[-1][name][1, 4], rtol=1e-5, err_msg=name
         )
+
+
+def test_config_blocks_train_the_same_configs_to_rounding():
+    # 2 losses x 5 rates in blocks of <= 4 configs: 3 blocks of 2 rates per loss, one rate padded.
+    grid = engine.Grid(("ce", "mse"), (0.01, 0.03, 0.1, 0.3, 1.0), (0, 1))
+    whole = _trainer(grid)
+    d = digits()
+    m = models.make_model("mlp", d.num_features, d.num_classes, hidden=(16,))
+    blocked = engine.GridTrainer(m, d, grid, engine.TrainSettings("sgd", 40, 64, 20),
+                                 block_configs=4)  # fmt: skip
+    assert (whole._blocks, blocked._blocks, blocked.padded_shape) == (1, 3, (2, 12))
+    (s_whole, h_whole), (s_blocked, h_blocked) = whole.train(), blocked.train()
+    assert blocked.num_traces == 1
+    for name in engine.METRICS:
+        assert h_blocked[-1][name].shape == (2, 10)
+        np.testing.assert_allclose(h_blocked[-1][name], h_whole[-1][name], rtol=1e-5, atol=1e-6)
+    real = lambda t, s: jax.tree.map(lambda x: np.asarray(x)[:, t.real_configs], s.params)
+    chex.assert_trees_all_close(real(blocked, s_blocked), real(whole, s_whole), atol=1e-5)
+
+
+def test_block_configs_must_be_an_integer():
+    with pytest.raises(ValueError, match="block_configs must be an integer"):
+        d = digits()
+        m = models.make_model("linear", d.num_features, d.num_classes)
+        engine.GridTrainer(m, d, engine.Grid(("ce",), (0.1,), (0,)), engine.TrainSettings(),
+                           block_configs=2.5)  # fmt: skip
