@@ -14,7 +14,9 @@ Contenders, interleaved round by round in one process:
   4. torch_bmm   PyTorch batched by hand across configs with torch.bmm (skipped without torch).
 Also: the machine's matmul peak (large float32 jnp.dot), the sweep's achieved GFLOP/s
 (6 × parameters × examples) as a share of it, compile time and throughput at G = 16, 64, 256, and the
-loss kernels against optax (value and gradient, B = 1024, C = 10 and 32768, with their memory).
+loss kernels against optax (value and gradient, B = 1024, C = 10 and 32768, timed as gradient steps
+inside one program so a 5 µs kernel is not measured against 40 µs of dispatch; the one-hot path also
+against optax.safe_softmax_cross_entropy, which guards 0 · log 0 as ours does; with their memory).
 Prints tables and writes bench.json into --workdir. Timings are wall clock on a noisy machine: compare
 ratios within one run, not across runs.
 """
@@ -233,19 +235,33 @@ def scaling(dataset, sizes: Sequence[int], steps: int) -> list[dict]:
 
 
 def _time(fn: Callable, args, repeats: int) -> float:
-    """Median seconds per call; a sample times enough back-to-back calls to last ~10 ms, so that
-    scheduler noise does not swamp a 50 µs kernel."""
-    t0 = time.perf_counter()
+    """Median seconds per call of ``fn`` (compiled) over ``repeats`` calls."""
     jax.block_until_ready(fn(*args))
-    calls = max(1, int(0.01 / max(time.perf_counter() - t0, 1e-6)))
     samples = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        for _ in range(calls):
-            out = fn(*args)
-        jax.block_until_ready(out)
-        samples.append((time.perf_counter() - t0) / calls)
+        jax.block_until_ready(fn(*args))
+        samples.append(time.perf_counter() - t0)
     return statistics.median(samples)
+
+
+def _steps_in_graph(value_and_grad: Callable, iterations: int) -> Callable:
+    """``iterations`` gradient steps on the logits inside one program: ``o <- o - 1e-3 * grad``.
+
+    A 10-class kernel runs in a few µs, far below the ~40 µs of dispatching a call; timed call by
+    call, the comparison would measure dispatch noise (one run read 1.25x). Every iteration uses the
+    whole gradient, so none of it can be optimised away, and both contenders get the same update.
+    """
+
+    def run(logits, labels):
+        def body(_, carry):
+            o, total = carry
+            value, grad = value_and_grad(o, labels)
+            return o - 1e-3 * grad, total + value
+
+        return jax.lax.fori_loop(0, iterations, body, (logits, jnp.zeros((), logits.dtype)))
+
+    return jax.jit(run)
 
 
 def loss_kernels(repeats: int) -> list[dict]:
@@ -267,16 +283,24 @@ def loss_kernels(repeats: int) -> list[dict]:
                 lambda o, y: jnp.mean(optax.softmax_cross_entropy(o, y)),
                 onehot,
             ),
+            ("one-hot", "optax-safe"): (
+                lambda o, y: jnp.mean(optax.safe_softmax_cross_entropy(o, y)),
+                onehot,
+            ),
         }
-        compiled = {}
+        iterations = 1000 if num_classes <= 1024 else 2
+        compiled, looped = {}, {}
         for key, (fn, y) in kernels.items():
             compiled[key] = jax.jit(jax.value_and_grad(fn)).lower(logits, y).compile()
+            looped[key] = (
+                _steps_in_graph(jax.value_and_grad(fn), iterations).lower(logits, y).compile()
+            )
         times = {key: [] for key in kernels}
         for _ in range(3):  # interleave the contenders, keep the best median
             for key, (_, y) in kernels.items():
-                times[key].append(_time(compiled[key], (logits, y), repeats))
+                times[key].append(_time(looped[key], (logits, y), repeats) / iterations)
         for key, (_, y) in kernels.items():
-            memory = compiled[key].memory_analysis()
+            memory = compiled[key].memory_analysis()  # one call's program: what a user runs
             rows.append({
                 "classes": num_classes, "labels": key[0], "implementation": key[1],
                 "time_us": 1e6 * min(times[key]),
@@ -360,10 +384,10 @@ def main(argv: Sequence[str]) -> None:
             f"{r['configs']:>5} {r['compile_s']:>9.2f} {r['run_s']:>7.2f} {r['steady_s']:>8.2f} {r['config_examples_per_s']:>10.3g}"
         )
     kernel_rows = loss_kernels(5 if quick else 20)
-    print(f"\n{'C':>6} {'labels':<8} {'impl':<8} {'µs':>9} {'label bytes':>12} {'temp bytes':>12}")
+    print(f"\n{'C':>6} {'labels':<8} {'impl':<10} {'µs':>9} {'label bytes':>12} {'temp bytes':>12}")
     for r in kernel_rows:
         print(
-            f"{r['classes']:>6} {r['labels']:<8} {r['implementation']:<8} {r['time_us']:>9.1f} {r['label_bytes']:>12} {r['temp_bytes']:>12}"
+            f"{r['classes']:>6} {r['labels']:<8} {r['implementation']:<10} {r['time_us']:>9.1f} {r['label_bytes']:>12} {r['temp_bytes']:>12}"
         )
     targets = targets_report(rows, scale_rows, kernel_rows, achieved / peak)
     print("\ntargets:")
@@ -398,18 +422,23 @@ def targets_report(rows, scale_rows, kernel_rows, peak_share) -> list[dict]:
     compile_ratio = scale_rows[-1]["compile_s"] / scale_rows[0]["compile_s"]
     target(f"compile time flat in G (G={scale_rows[-1]['configs']} within 1.5× of G=16)", compile_ratio, 1.5,
            "{:.2f}×", higher=False)  # fmt: skip
-    worst = max(
-        k["time_us"] / next(o["time_us"] for o in kernel_rows
-                            if o["classes"] == k["classes"] and o["labels"] == k["labels"] and o["implementation"] == "optax")
-        for k in kernel_rows if k["implementation"] == "softcls"
-    )  # fmt: skip
-    target(
-        "loss kernels no slower than optax (≤ 1.05×)",
-        worst,
-        1.05,
-        "{:.2f}× (worst case)",
-        higher=False,
+
+    def ratio(row: dict, implementation: str) -> float:
+        ref = next(o for o in kernel_rows if o["classes"] == row["classes"]
+                   and o["labels"] == row["labels"] and o["implementation"] == implementation)  # fmt: skip
+        return row["time_us"] / ref["time_us"]
+
+    ours = [k for k in kernel_rows if k["implementation"] == "softcls"]
+    # Our one-hot CE guards 0 · log 0 (a masked class, logit -inf, target 0, adds nothing); plain
+    # optax returns NaN there, optax.safe_softmax_cross_entropy guards it as we do.
+    same_semantics = max(
+        ratio(k, "optax" if k["labels"] == "integer" else "optax-safe") for k in ours
     )
+    plain = max(ratio(k, "optax") for k in ours)
+    target("loss kernels no slower than optax (≤ 1.05×; one-hot against optax's -inf-safe CE)",
+           same_semantics, 1.05,
+           f"{{:.2f}}× (worst; against plain optax {plain:.2f}×, which returns NaN for a masked class)",
+           higher=False)  # fmt: skip
     return out
 
 
