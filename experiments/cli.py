@@ -32,8 +32,9 @@ def parse_flags(argv: list[str]) -> list[str]:
         raise  # unreachable
 
 
-def number(flag: str, text: str, kind: type = float) -> float | int:
-    """``text`` as a finite float or an int, else FlagError naming ``flag``."""
+def number(flag: str, text: str, kind: type = float, minimum: float | None = None) -> float | int:
+    """``text`` as a finite float or an int, at least ``minimum`` if given, else FlagError naming
+    ``flag``."""
     try:
         value = kind(text)
     except (TypeError, ValueError):
@@ -42,6 +43,8 @@ def number(flag: str, text: str, kind: type = float) -> float | int:
         ) from None
     if kind is float and not math.isfinite(value):
         raise FlagError(flag, f"must be finite, got {text!r}")
+    if minimum is not None and value < minimum:
+        raise FlagError(flag, f"must be >= {minimum}, got {value}")
     return value
 
 

@@ -98,11 +98,9 @@ def main(argv: Sequence[str]) -> None:
     try:
         z3 = number("z3", FLAGS.z3)
         extent = number("range", FLAGS["range"].value)
-        points = number("points", FLAGS.points, int)
+        points = number("points", FLAGS.points, int, minimum=3)
         if extent <= 0:
             raise FlagError("range", f"must be > 0, got {extent}")
-        if points < 3:
-            raise FlagError("points", f"must be >= 3, got {points}")
         workdir = make_workdir(FLAGS.workdir)
     except FlagError as e:
         fail(str(e))

@@ -81,12 +81,8 @@ def figure(sizes: dict[str, np.ndarray], num_classes: int, path: pathlib.Path) -
 def main(argv: Sequence[str]) -> None:
     del argv
     try:
-        num_classes = number("num_classes", FLAGS.num_classes, int)
-        points = number("points", FLAGS.points, int)
-        if num_classes < 2:
-            raise FlagError("num_classes", f"must be >= 2, got {num_classes}")
-        if points < 2:
-            raise FlagError("points", f"must be >= 2, got {points}")
+        num_classes = number("num_classes", FLAGS.num_classes, int, minimum=2)
+        points = number("points", FLAGS.points, int, minimum=2)
         workdir = make_workdir(FLAGS.workdir)
     except FlagError as e:
         fail(str(e))

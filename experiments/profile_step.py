@@ -92,12 +92,9 @@ def main(argv: Sequence[str]) -> None:
     steps = FLAGS.steps
     trainer = workload(FLAGS.num_lrs, steps, data.load("digits"))
     state = trainer.init_state()
-    idx_args = (trainer._data_keys, state.step, steps)
-    indices = trainer._compiled_once("indices", trainer._indices_fn, *idx_args, run_once=True)(
-        *idx_args[:2]
-    )
+    indices = trainer.batch_indices(state.step, steps)
     args = (state, trainer._data, indices)
-    chunk = trainer._chunk_fn.lower(*args).compile()
+    chunk = trainer.compiled_chunk(*args)
     jax.block_until_ready(chunk(*args))  # warm up (donates state)
     state = jax.block_until_ready(trainer.init_state())
     trace_dir = workdir / "trace"

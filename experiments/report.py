@@ -65,47 +65,54 @@ def _load(workdir: pathlib.Path, name: str, file: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def _section(title: str, figure: str, columns: Sequence[str], align: str) -> list[str]:
+    """A section's heading, its figure and its table's header; ``align``: ``l``/``r`` per column."""
+    alt = pathlib.Path(figure).stem.replace("_", " ")
+    rule = "|" + "|".join("---" if a == "l" else "---:" for a in align) + "|"
+    return [f"## {title}", "", f"![{alt}]({figure})", "", "| " + " | ".join(columns) + " |", rule]
+
+
+def _closing(text: str) -> list[str]:
+    return ["", text, ""]
+
+
 def render(workdir: pathlib.Path, fast: bool, seconds: dict[str, float]) -> str:
     out = ["# softcls-jax report", "",
            f"Settings: {'--fast (smaller runs, rougher numbers)' if fast else 'full'}. "
            "Every number below was produced by this run; references are beside them.", ""]  # fmt: skip
     if es := _load(workdir, "error_surface", "error_surface.json"):
-        out += ["## 1. Error surface (C13)", "", "![error surface](error_surface/error_surface.png)", "",
-                "| where | CE | MSE | ‖∂CE/∂z‖ | ‖∂MSE/∂z‖ |", "|---|---:|---:|---:|---:|"]  # fmt: skip
+        out += _section("1. Error surface (C13)", "error_surface/error_surface.png",
+                        ["where", "CE", "MSE", "‖∂CE/∂z‖", "‖∂MSE/∂z‖"], "lrrrr")  # fmt: skip
         for where, v in es["corners"].items():
             out.append(
                 f"| {where} | {v['ce']:.3g} | {v['mse']:.3g} | {v['ce_grad_norm']:.3g} | {v['mse_grad_norm']:.3g} |"
             )
-        out += [
-            "",
-            "Expected (C13): MSE is flat (gradient ≈ 0) in the wrong-but-confident corner, CE is steep.",
-            "",
-        ]
+        out += _closing(
+            "Expected (C13): MSE is flat (gradient ≈ 0) in the wrong-but-confident corner, CE is steep."
+        )
     if gr := _load(workdir, "gradients", "gradients.json"):
-        out += ["## 2. Gradient against confidence (C11)", "", "![gradients](gradients/gradients.png)", "",
-                "| ŷ_p | CE ‖∂L/∂z‖ | CE ŷ_p − 1 | MSE ‖∂L/∂z‖ | MSE 2ŷ_p(1 − ŷ_p)² |", "|---:|---:|---:|---:|---:|"]  # fmt: skip
+        out += _section("2. Gradient against confidence (C11)", "gradients/gradients.png",
+                        ["ŷ_p", "CE ‖∂L/∂z‖", "CE ŷ_p − 1", "MSE ‖∂L/∂z‖", "MSE 2ŷ_p(1 − ŷ_p)²"],
+                        "rrrrr")  # fmt: skip
         for r in gr["table"]:
             out.append(f"| {r['p_target']:.3g} | {r['ce_full']:.3g} | {r['ce_target_path']:.3g} | "
                        f"{r['mse_full']:.3g} | {r['mse_target_path']:.3g} |")  # fmt: skip
-        out += [
-            "",
-            "Expected (C11): CE's push stays near 1 when wrong; MSE's vanishes as ŷ_p → 0.",
-            "",
-        ]
+        out += _closing(
+            "Expected (C11): CE's push stays near 1 when wrong; MSE's vanishes as ŷ_p → 0."
+        )
     if cs := _load(workdir, "confident_start", "confident_start.json"):
-        out += ["## 3. Confidently wrong start (C13, Golik et al. 2013)", "",
-                "![confident start](confident_start/confident_start.png)", "",
-                "| model | start | loss | best lr | test accuracy (%) | reference (%) |", "|---|---|---|---:|---:|---:|"]  # fmt: skip
+        out += _section("3. Confidently wrong start (C13, Golik et al. 2013)",
+                        "confident_start/confident_start.png",
+                        ["model", "start", "loss", "best lr", "test accuracy (%)", "reference (%)"],
+                        "lllrrr")  # fmt: skip
         out += [confident_start_row(r) for r in cs["rows"]]
-        out += [
-            "",
-            "Reference: a third-party demo (softmax regression on digits, weight std 4.0).",
-            "",
-        ]
+        out += _closing(
+            "Reference: a third-party demo (softmax regression on digits, weight std 4.0)."
+        )
     if ca := _load(workdir, "calibration", "calibration.json"):
-        out += ["## 4. Calibration (C14, Guo et al. 2017)", "", "![reliability](calibration/reliability.png)", "",
-                "| loss | T | accuracy before → after (%) | ECE before → after | NLL before → after |",
-                "|---|---:|---:|---:|---:|"]  # fmt: skip
+        out += _section("4. Calibration (C14, Guo et al. 2017)", "calibration/reliability.png",
+                        ["loss", "T", "accuracy before → after (%)", "ECE before → after",
+                         "NLL before → after"], "lrrrr")  # fmt: skip
         for r in ca["summary"]:
             if r.get("diverged"):
                 out.append(f"| {r['loss']} | diverged | | | |")
@@ -113,23 +120,21 @@ def render(workdir: pathlib.Path, fast: bool, seconds: dict[str, float]) -> str:
             out.append(f"| {r['loss']} | {r['temperature']:.3f} | {100 * r['accuracy_before']:.2f} → "
                        f"{100 * r['accuracy_after']:.2f} | {r['ece_before']:.4f} → {r['ece_after']:.4f} | "
                        f"{r['nll_before']:.3f} → {r['nll_after']:.3f} |")  # fmt: skip
-        out += [
-            "",
-            "Expected (Guo et al.): temperature scaling lowers ECE and leaves accuracy unchanged.",
-            "",
-        ]
+        out += _closing(
+            "Expected (Guo et al.): temperature scaling lowers ECE and leaves accuracy unchanged."
+        )
     if ln := _load(workdir, "label_noise", "label_noise.json"):
-        out += ["## 5. Label noise (C15)", "", "![label noise](label_noise/label_noise.png)", "",
-                "| noise | loss | test accuracy (%) | final train CE |", "|---:|---|---:|---:|"]  # fmt: skip
+        out += _section("5. Label noise (C15)", "label_noise/label_noise.png",
+                        ["noise", "loss", "test accuracy (%)", "final train CE"], "rlrr")  # fmt: skip
         for r in ln["rows"]:
             if r["runs"]:
                 out.append(f"| {r['fraction']:g} | {r['loss']} | {r['test_accuracy_mean']:.1f} ± "
                            f"{r['test_accuracy_std']:.1f} | {r['train_ce_mean']:.3f} |")  # fmt: skip
-        out += ["", "Expected (C15): with noisy labels the training CE stays above 0.", ""]
+        out += _closing("Expected (C15): with noisy labels the training CE stays above 0.")
     if mb := _load(workdir, "mnist1d_baselines", "mnist1d_baselines.json"):
-        out += ["## 6. MNIST-1D baselines (Greydanus & Kobak)", "",
-                "![mnist1d](mnist1d_baselines/mnist1d_baselines.png)", "",
-                "| model | loss | test accuracy (%) | paper (CE, %) |", "|---|---|---:|---:|"]  # fmt: skip
+        out += _section("6. MNIST-1D baselines (Greydanus & Kobak)",
+                        "mnist1d_baselines/mnist1d_baselines.png",
+                        ["model", "loss", "test accuracy (%)", "paper (CE, %)"], "llrr")  # fmt: skip
         for r in mb["rows"]:
             acc = (
                 "diverged"
@@ -139,11 +144,9 @@ def render(workdir: pathlib.Path, fast: bool, seconds: dict[str, float]) -> str:
             out.append(
                 f"| {r['model']} | {r['loss']} | {acc} | {'' if r['paper'] is None else r['paper']} |"
             )
-        out += [
-            "",
-            f"Settings: {mb['settings']} (the paper: 6000 Adam steps, lr 1e-2, batch 100).",
-            "",
-        ]
+        out += _closing(
+            f"Settings: {mb['settings']} (the paper: 6000 Adam steps, lr 1e-2, batch 100)."
+        )
     if (workdir / "sweep" / "summary.md").exists():
         summary = (workdir / "sweep" / "summary.md").read_text()
         body = summary.split("\n## ", 1)[1].split("\n## Diverged")[

@@ -108,9 +108,7 @@ def learning_rates() -> tuple[float, ...]:
     if FLAGS.lrs:
         return tuple(number("lrs", t) for t in FLAGS.lrs)
     lo, hi = number("lr_min", FLAGS.lr_min), number("lr_max", FLAGS.lr_max)
-    count = number("num_lrs", FLAGS.num_lrs, int)
-    if count < 1:
-        raise FlagError("num_lrs", f"must be >= 1, got {count}")
+    count = number("num_lrs", FLAGS.num_lrs, int, minimum=1)
     if not 0 < lo <= hi:
         raise FlagError("lr_min", f"need 0 < --lr_min <= --lr_max, got {lo} and {hi}")
     return (
@@ -124,9 +122,7 @@ def spec_from_flags() -> SweepSpec:
     """Parses and validates every flag; raises FlagError naming the flag."""
     names = [n.strip() for n in FLAGS.loss.split(",") if n.strip()]
     losses = tuple(LOSSES) if names == ["all"] else tuple(names)
-    seeds_count = number("seeds", FLAGS.seeds, int)
-    if seeds_count < 1:
-        raise FlagError("seeds", f"must be >= 1, got {seeds_count}")
+    seeds_count = number("seeds", FLAGS.seeds, int, minimum=1)
     first = number("first_seed", FLAGS.first_seed, int)
     spec = SweepSpec(
         losses=losses,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from softcls_jax import data, engine, models
@@ -22,5 +20,4 @@ def workload(num_lrs: int, steps: int, dataset: data.Dataset) -> engine.GridTrai
 
 def batch_stream(trainer: engine.GridTrainer, steps: int) -> np.ndarray:
     """The engine's minibatch indices of seed 0, ``(steps, B)``: every contender trains on these."""
-    fn = jax.jit(jax.vmap(trainer._batch_indices, (None, 0)))
-    return np.asarray(fn(trainer._data_keys[0], jnp.arange(steps, dtype=jnp.int32)))
+    return np.asarray(trainer.batch_indices(0, steps)[:, 0])

@@ -181,15 +181,15 @@ class GridTrainer:
     Args:
       model, dataset, grid, settings: what to train.
       devices: the devices whose mesh shards the configs; all of ``jax.devices()`` by default.
+      block_configs: on one device, a chunk trains at most this many configs at a time, block
+        after block, each for all the chunk's steps (0: all at once). Default: 64 on CPU (on the
+        reference MLP, throughput per config falls ~40 % from 64 configs to 1024 in one block as the
+        working set leaves the cache), all at once elsewhere.
 
     Attributes:
       num_traces: how many times the chunk program was traced (= compiled): one per distinct chunk
         length, independent of the number of learning rates, seeds and losses.
       compile_seconds: time spent compiling the init, minibatch-index, chunk and evaluation programs.
-      block_configs (argument): on one device, a chunk trains at most this many configs at a time,
-        block after block, each for all the chunk's steps (0: all at once). Default: 64 on CPU (on
-        the reference MLP, throughput per config falls ~40 % from 64 configs to 1024 in one block as
-        the working set leaves the cache), all at once elsewhere.
       padded_shape: the internal ``(S, K_padded)`` config layout; ``real_configs`` indexes its K axis.
     """
 
@@ -215,24 +215,24 @@ class GridTrainer:
         self.model, self.dataset, self.grid, self.settings = model, dataset, grid, settings
         self.tx = make_optimizer(settings.optimizer)
         self._loss_fns = tuple(losses_lib.get_loss(name) for name in grid.losses)
-        # Scale-out: the config axis K is sharded over a 1-D mesh of the devices. Each loss's
-        # learning rates are padded (repeating the last) to a multiple of the device count; padded
-        # configs train like the others and are dropped from every result (``real_configs``).
+        # The config axis K is split evenly, over a 1-D mesh of several devices (scale-out), or on
+        # one device into blocks of at most ``block_configs`` trained one after the other, so a
+        # block's parameters and activations stay in cache for all its steps. Each part holds the
+        # same number of learning rates of every loss: rates are padded (repeating the last) to a
+        # multiple of the parts; padded configs train like the others and are dropped from every
+        # result (``real_configs``).
         self.devices = list(jax.devices() if devices is None else devices)
         n_dev, r, n_loss = len(self.devices), len(grid.learning_rates), len(grid.losses)
-        self._r = -(-r // n_dev) * n_dev  # padded learning rates per loss
-        # Config blocks (one device): a chunk trains its configs in blocks of at most
-        # ``block_configs``, one block after the other, so a block's parameters and activations stay
-        # in cache for all its steps. Each block holds the same number of learning rates of every
-        # loss; rates are padded so the blocks are equal.
         if block_configs is None:
             block_configs = _CPU_BLOCK if self.devices[0].platform == "cpu" else 0
-        if isinstance(block_configs, bool) or not isinstance(block_configs, (int, np.integer)):
-            raise ValueError(f"block_configs must be an integer, got {block_configs!r}")
+        if (isinstance(block_configs, bool) or not isinstance(block_configs, (int, np.integer))
+                or block_configs < 0):  # fmt: skip
+            raise ValueError(f"block_configs must be an integer >= 0, got {block_configs!r}")
         self._blocks = 1
-        if n_dev == 1 and block_configs > 0 and n_loss * r > block_configs:
+        if n_dev == 1 and 0 < block_configs < n_loss * r:
             self._blocks = -(-r // max(1, block_configs // n_loss))
-            self._r = -(-r // self._blocks) * self._blocks
+        parts = n_dev * self._blocks  # one of the two is 1
+        self._r = -(-r // parts) * parts  # padded learning rates per loss
         self.padded_shape = (grid.shape[0], len(grid.losses) * self._r)
         lrs = list(grid.learning_rates) + [grid.learning_rates[-1]] * (self._r - r)
         self.real_configs = np.array(
@@ -541,6 +541,18 @@ class GridTrainer:
         """``(S, K)`` int array: the step at which each config diverged, -1 if it did not."""
         return np.asarray(self.host_state(state).diverged_at)[:, self.real_configs]
 
+    def batch_indices(self, first_step: Any, num_steps: int) -> Array:
+        """The minibatch indices of steps ``first_step …`` of every seed, ``(num_steps, S, B)``: the
+        engine's own index stream, from one program compiled once per chunk length."""
+        args = (self._data_keys, first_step, num_steps)
+        fn = self._compiled_once(("indices", num_steps), self._indices_fn, *args, run_once=True)
+        return fn(*args[:2])
+
+    def compiled_chunk(self, state: GridState, data: tuple[Array, ...], indices: Array) -> Any:
+        """The compiled chunk program for these arguments (compiled once per chunk length)."""
+        args = (state, data, indices)
+        return self._compiled_once(("chunk", indices.shape[0]), self._chunk_fn, *args)
+
     def run_chunk(
         self, state: GridState, num_steps: int
     ) -> tuple[GridState, dict[str, np.ndarray]]:
@@ -548,11 +560,8 @@ class GridTrainer:
 
         ``state`` is donated: do not use it after the call.
         """
-        index_args = (self._data_keys, state.step, num_steps)
-        indices = self._compiled_once(("indices", num_steps), self._indices_fn, *index_args,
-                                      run_once=True)(*index_args[:2])  # fmt: skip
-        args = (state, self._data, indices)
-        result = self._compiled_once(("chunk", num_steps), self._chunk_fn, *args)(*args)
+        args = (state, self._data, self.batch_indices(state.step, num_steps))
+        result = self.compiled_chunk(*args)(*args)
         if self.settings.checked:
             error, result = result
             if error.get() is not None:

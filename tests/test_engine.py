@@ -67,9 +67,7 @@ def test_cheaply_compiled_programs_give_the_default_results(model):
     trainer = _trainer(engine.Grid(("ce", "mse"), (0.1, 0.3), (0, 5)), model=model)
     default_init = jax.jit(trainer._init)(trainer._init_keys, trainer._lrs)
     chex.assert_trees_all_equal(trainer.init_state(), default_init)
-    indices = trainer._compiled_once(
-        ("indices", 7), trainer._indices_fn, trainer._data_keys, jnp.int32(30), 7, run_once=True
-    )(trainer._data_keys, jnp.int32(30))
+    indices = trainer.batch_indices(jnp.int32(30), 7)
     per_step = jax.vmap(jax.vmap(trainer._batch_indices, (0, None)), (None, 0))(
         trainer._data_keys, jnp.arange(30, 37, dtype=jnp.int32)
     )
@@ -230,3 +228,11 @@ def test_block_configs_must_be_an_integer():
         m = models.make_model("linear", d.num_features, d.num_classes)
         engine.GridTrainer(m, d, engine.Grid(("ce",), (0.1,), (0,)), engine.TrainSettings(),
                            block_configs=2.5)  # fmt: skip
+
+
+def test_block_configs_must_not_be_negative():
+    with pytest.raises(ValueError, match="block_configs must be an integer >= 0, got -1"):
+        d = digits()
+        m = models.make_model("linear", d.num_features, d.num_classes)
+        engine.GridTrainer(m, d, engine.Grid(("ce",), (0.1,), (0,)), engine.TrainSettings(),
+                           block_configs=-1)  # fmt: skip
