@@ -80,7 +80,7 @@ def run_naive_jax(dataset, num_lrs, steps, params0, batches) -> dict:
     x_train, y_train = dataset.x_train, dataset.y_train
     compile_s, accuracies = 0.0, []
     start = time.perf_counter()
-    for config in trainer.grid.configs():
+    for config in trainer.layout.configs():
         loss_fn, lr = losses.get_loss(config.loss), config.learning_rate
 
         def step(
@@ -137,7 +137,7 @@ def run_torch_loop(dataset, num_lrs, steps, params0, batches) -> dict | None:
     w2, b2 = np.asarray(params0["out"]["kernel"]), np.asarray(params0["out"]["bias"])
     accuracies = []
     start = time.perf_counter()
-    for config in trainer.grid.configs():  # the way a PyTorch user writes it
+    for config in trainer.layout.configs():  # the way a PyTorch user writes it
         net = torch.nn.Sequential(
             torch.nn.Linear(w1.shape[0], HIDDEN),
             torch.nn.ReLU(),
@@ -166,7 +166,7 @@ def run_torch_bmm(dataset, num_lrs, steps, params0, batches) -> dict | None:
     if torch is None:
         return None
     trainer = workload(num_lrs, steps, dataset)
-    configs = trainer.grid.configs()
+    configs = trainer.layout.configs()
     g = len(configs)
     x, y = torch.from_numpy(dataset.x_train), torch.from_numpy(dataset.y_train.astype(np.int64))
     idx_all = torch.from_numpy(batches.astype(np.int64))
@@ -327,7 +327,7 @@ def main(argv: Sequence[str]) -> None:
     reference = workload(8, steps, dataset)
     params0 = jax.tree.map(lambda a: a[0, 0], jax.device_get(reference.init_state().params))
     batches = batch_stream(reference, steps)
-    g = reference.grid.size
+    g = reference.layout.size
     flop = 6 * reference.model.num_params * g * steps * BATCH
     print(f"reference workload: {g} configs, MLP {dataset.num_features}-{HIDDEN}-{dataset.num_classes}, "
           f"{steps} SGD steps of {BATCH}; {'torch ' + _torch().__version__ if _torch() else 'torch not installed: its contenders are skipped'}",

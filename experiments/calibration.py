@@ -22,7 +22,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments.cli import FlagError, fail, make_workdir, number, parse_flags
-from softcls_jax import data, engine, metrics, models, plots
+from softcls_jax import data, engine, metrics, models, plots, runner
 from softcls_jax.results import atomic_write_json
 
 FLAGS = flags.FLAGS
@@ -43,17 +43,17 @@ def train_and_calibrate(dataset: data.Dataset, losses: tuple[str, ...], lr: floa
     """Trains the grid, fits T on validation, returns per-model rows and seed-0 reliability bins."""
     train, x_val, y_val = data.split_validation(dataset, 0.2, seed=0)
     model = models.make_model("mlp", train.num_features, train.num_classes, hidden=(128,))
-    grid = engine.Grid(losses, (lr,), tuple(range(seeds)))
-    trainer = engine.GridTrainer(model, train, grid, engine.TrainSettings("sgd", steps, 128, steps))
-    state, _ = trainer.train()
+    layout = engine.Layout(losses, (lr,), tuple(range(seeds)))
+    trained = runner.run(model, train, layout, engine.TrainSettings("sgd", steps, 128, steps))
     logits_of = jax.jit(jax.vmap(jax.vmap(model.apply, (0, None)), (0, None)))
-    val_logits = logits_of(state.params, jnp.asarray(x_val))  # (S, K, N, C)
-    test_logits = logits_of(state.params, jnp.asarray(train.x_test))
+    val_logits = logits_of(trained.params, jnp.asarray(x_val))  # (S, K, N, C)
+    test_logits = logits_of(trained.params, jnp.asarray(train.x_test))
     y_val, y_test = jnp.asarray(y_val), jnp.asarray(train.y_test)
-    diverged = trainer.diverged_steps(state)
+    records = trained.document["configs"]  # (S, K) row-major, as layout.configs()
     rows, bins = [], {}
-    for (s, k), config in zip(np.ndindex(*grid.shape), grid.configs(), strict=True):
-        if diverged[s, k] >= 0:
+    for (s, k), config, record in zip(np.ndindex(*layout.shape), layout.configs(), records,
+                                       strict=True):  # fmt: skip
+        if record["diverged"]:
             rows.append({"loss": config.loss, "seed": config.seed, "diverged": True})
             continue
         before = test_logits[s, k]

@@ -5,8 +5,8 @@ r"""CE vs MSE vs square loss from a confidently wrong start (claim C13; Golik et
 
 Softmax regression and an MLP on digits, each from a gentle start (default initialisation) and from a
 confidently wrong one (large initial weights: linear weights of standard deviation --weight_std, the
-MLP's weights multiplied by --mlp_init_scale). Every loss × learning rate × seed of one (model, start)
-trains as one batched program. Reports the best learning rate's final test accuracy per loss (chosen
+MLP's weights multiplied by --mlp_init_scale). Every loss × learning rate × start × seed of one model
+trains as one batched program (the start is the ``init_scale`` grid axis). Reports the best learning rate's final test accuracy per loss (chosen
 on test accuracy: an illustration, not a tuned benchmark) beside a third-party demo's numbers.
 """
 
@@ -41,6 +41,7 @@ flags.DEFINE_list("models", ["linear", "mlp"], "Models to run: linear and/or mlp
 flags.DEFINE_string("workdir", "runs/confident_start", "Output directory.")
 
 LOSSES = ("ce", "mse", "square")
+STARTS = ("gentle", "confident")
 # A third-party demo: softmax regression on digits, weights of std 4.0 vs a gentle start.
 REFERENCE = {
     ("linear", "confident"): {"ce": 95.1, "mse": 58.1},
@@ -58,38 +59,43 @@ def init_scale(model: str, start: str, weight_std: float, mlp_scale: float) -> f
 
 def run(models: Sequence[str], lrs: tuple[float, ...], seeds: int, steps: int, weight_std: float,
         mlp_scale: float, workdir: pathlib.Path, progress=None) -> list[dict]:  # fmt: skip
-    """One sweep per (model, start); returns a row per (model, start, loss) with its best learning rate."""
+    """One grid per model (losses × learning rates × both starts as an ``init_scale`` axis × seeds);
+    returns a row per (model, start, loss) with its best learning rate."""
     rows = []
     for model in models:
-        for start in ("gentle", "confident"):
-            spec = SweepSpec(
-                losses=LOSSES, learning_rates=lrs, seeds=tuple(range(seeds)), model=model,
-                hidden=(128,) if model == "mlp" else (), steps=steps, eval_every=max(steps // 10, 1),
-                init_scale=init_scale(model, start, weight_std, mlp_scale),
-            )  # fmt: skip
-            document = run_sweep(spec, workdir / f"{model}_{start}", overwrite=True)
-            for best in results.best_per_loss(document["configs"]):
-                runs = [c for c in document["configs"]
-                        if c["loss"] == best["loss"] and c["learning_rate"] == best["learning_rate"]]  # fmt: skip
-                accs = [c["final"]["test_accuracy"] for c in runs]
-                curve = np.mean([c["curves"]["test_accuracy"] for c in runs], axis=0)
-                rows.append({
-                    "model": model, "start": start, "loss": best["loss"],
-                    "init_scale": spec.init_scale, "learning_rate": best["learning_rate"],
-                    "test_accuracy_mean": 100 * float(np.mean(accs)),
-                    "test_accuracy_std": 100 * float(np.std(accs)),
-                    "reference": REFERENCE.get((model, start), {}).get(best["loss"]),
-                    "curve_step": runs[0]["curves"]["step"], "curve_accuracy": curve.tolist(),
-                })  # fmt: skip
-            reported = {r["loss"] for r in rows if (r["model"], r["start"]) == (model, start)}
-            for loss in LOSSES:
-                if loss not in reported:  # diverged at every learning rate
-                    rows.append({"model": model, "start": start, "loss": loss, "init_scale": spec.init_scale,
-                                 "learning_rate": None, "test_accuracy_mean": None, "test_accuracy_std": None,
-                                 "reference": REFERENCE.get((model, start), {}).get(loss),
-                                 "curve_step": [], "curve_accuracy": []})  # fmt: skip
-            if progress:
-                progress(model, start)
+        scales = {start: init_scale(model, start, weight_std, mlp_scale) for start in STARTS}
+        spec = SweepSpec(
+            losses=LOSSES, learning_rates=lrs, seeds=tuple(range(seeds)), model=model,
+            hidden=(128,) if model == "mlp" else (), steps=steps, eval_every=max(steps // 10, 1),
+            axes={"init_scale": tuple(dict.fromkeys(scales.values()))},
+        )  # fmt: skip
+        document = run_sweep(spec, workdir / model, overwrite=True)
+        for start in STARTS:
+            records = [c for c in document["configs"] if c["init_scale"] == scales[start]]
+            rows += start_rows(model, start, scales[start], records)
+        if progress:
+            progress(model)
+    return rows
+
+
+def start_rows(model: str, start: str, scale: float, records: list[dict]) -> list[dict]:
+    """A row per loss: its best learning rate's final test accuracy and mean curve over seeds."""
+    rows = []
+    best = {b["loss"]: b for b in results.best_per_loss(records)}
+    for loss in LOSSES:
+        row = {"model": model, "start": start, "loss": loss, "init_scale": scale,
+               "learning_rate": None, "test_accuracy_mean": None, "test_accuracy_std": None,
+               "reference": REFERENCE.get((model, start), {}).get(loss),
+               "curve_step": [], "curve_accuracy": []}  # fmt: skip
+        if loss in best:  # else it diverged at every learning rate
+            lr = best[loss]["learning_rate"]
+            runs = [c for c in records if c["loss"] == loss and c["learning_rate"] == lr]
+            accs = [c["final"]["test_accuracy"] for c in runs]
+            curve = np.mean([c["curves"]["test_accuracy"] for c in runs], axis=0)
+            row.update(learning_rate=lr, test_accuracy_mean=100 * float(np.mean(accs)),
+                       test_accuracy_std=100 * float(np.std(accs)),
+                       curve_step=runs[0]["curves"]["step"], curve_accuracy=curve.tolist())  # fmt: skip
+        rows.append(row)
     return rows
 
 
@@ -137,7 +143,7 @@ def main(argv: Sequence[str]) -> None:
             raise FlagError("weight_std", "initial scales must be > 0")
         workdir = pathlib.Path(FLAGS.workdir)
         rows = run(FLAGS.models, lrs, seeds, steps, weight_std, mlp_scale, workdir,
-                   progress=lambda m, s: print(f"done: {m}, {s} start", flush=True))  # fmt: skip
+                   progress=lambda m: print(f"done: {m}", flush=True))  # fmt: skip
     except FlagError as e:
         fail(str(e))
     except SettingError as e:

@@ -4,7 +4,8 @@ r"""Test accuracy against label noise for CE, MSE and square loss (claim C15).
   python -m experiments.label_noise --fractions=0,0.2,0.4 --seeds=5 --workdir=runs/label_noise
 
 Flips a fraction of the training labels to another class (seeded; the test set stays clean) and
-trains an MLP on digits with each loss over several seeds (one batched program per noise level).
+trains an MLP on digits with each loss over several seeds: every loss × noise level × seed is one
+batched program (the noise level is the ``label_noise`` grid axis).
 Reports test accuracy (mean ± std over seeds) and the final training CE on the noisy labels: with
 labels that the features do not determine, CE cannot reach 0.
 """
@@ -35,16 +36,17 @@ flags.DEFINE_string("dataset", "digits", "Data set.")
 flags.DEFINE_string("workdir", "runs/label_noise", "Output directory.")
 
 
-def run(
-    fractions, losses, lr, seeds, steps, dataset, workdir: pathlib.Path, progress=None
-) -> list[dict]:
+def run(fractions, losses, lr, seeds, steps, dataset, workdir: pathlib.Path) -> list[dict]:
+    """Every loss × noise level × seed as one grid (the level is the ``label_noise`` axis)."""
+    spec = SweepSpec(losses=tuple(losses), learning_rates=(lr,), seeds=tuple(range(seeds)),
+                     dataset=dataset, steps=steps, eval_every=max(steps // 4, 1),
+                     axes={"label_noise": tuple(fractions)})  # fmt: skip
+    document = run_sweep(spec, workdir / "grid", overwrite=True)
     rows = []
     for fraction in fractions:
-        spec = SweepSpec(losses=tuple(losses), learning_rates=(lr,), seeds=tuple(range(seeds)),
-                         dataset=dataset, steps=steps, eval_every=max(steps // 4, 1), label_noise=fraction)  # fmt: skip
-        document = run_sweep(spec, workdir / f"noise_{fraction:g}", overwrite=True)
         for loss in losses:
-            runs = [c for c in document["configs"] if c["loss"] == loss and not c["diverged"]]
+            runs = [c for c in document["configs"] if c["loss"] == loss and
+                    c["label_noise"] == fraction and not c["diverged"]]  # fmt: skip
             acc = [c["final"]["test_accuracy"] for c in runs]
             train_ce = [c["final"]["train_nll"] for c in runs]
             rows.append({"fraction": fraction, "loss": loss, "runs": len(runs),
@@ -52,8 +54,6 @@ def run(
                          "test_accuracy_std": 100 * float(np.std(acc)) if acc else None,
                          "train_ce_mean": float(np.mean(train_ce)) if train_ce else None,
                          "train_ce_min": float(np.min(train_ce)) if train_ce else None})  # fmt: skip
-        if progress:
-            progress(fraction)
     return rows
 
 
@@ -88,8 +88,7 @@ def main(argv: Sequence[str]) -> None:
         seeds = number("seeds", FLAGS.seeds, int)
         steps = number("steps", FLAGS.steps, int)
         workdir = pathlib.Path(FLAGS.workdir)
-        rows = run(fractions, FLAGS.losses, lr, seeds, steps, FLAGS.dataset, workdir,
-                   progress=lambda f: print(f"done: noise {f:g}", flush=True))  # fmt: skip
+        rows = run(fractions, FLAGS.losses, lr, seeds, steps, FLAGS.dataset, workdir)  # fmt: skip
     except FlagError as e:
         fail(str(e))
     except SettingError as e:

@@ -19,7 +19,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments.cli import FlagError, fail, make_workdir, number, parse_flags
-from softcls_jax import data, engine, models, plots
+from softcls_jax import data, engine, models, plots, runner
 from softcls_jax.results import atomic_write_json
 
 FLAGS = flags.FLAGS
@@ -42,14 +42,12 @@ def run(model_names, losses, seeds, steps, lr, batch_size, progress=None) -> lis
         model = models.make_model(
             name, dataset.num_features, dataset.num_classes, **MODEL_KWARGS[name]
         )
-        grid = engine.Grid(tuple(losses), (lr,), tuple(range(seeds)))
-        trainer = engine.GridTrainer(model, dataset, grid,
-                                     engine.TrainSettings("adam", steps, batch_size, max(steps // 4, 1)))  # fmt: skip
-        _, history = trainer.train()
-        final = history[-1]
-        for k, loss in enumerate(losses):
-            acc = 100 * final["test_accuracy"][:, k]
-            acc = acc[np.isfinite(acc)]
+        layout = engine.Layout(tuple(losses), (lr,), tuple(range(seeds)))
+        settings = engine.TrainSettings("adam", steps, batch_size, max(steps // 4, 1))
+        records = runner.run(model, dataset, layout, settings).document["configs"]
+        for loss in losses:
+            acc = np.array([100 * c["final"]["test_accuracy"] for c in records
+                            if c["loss"] == loss and not c["diverged"]])  # fmt: skip
             rows.append({"model": name, "loss": loss, "params": model.num_params, "runs": int(acc.size),
                          "test_accuracy_mean": float(acc.mean()) if acc.size else None,
                          "test_accuracy_std": float(acc.std()) if acc.size else None,

@@ -93,14 +93,14 @@ def main(argv: Sequence[str]) -> None:
     trainer = workload(FLAGS.num_lrs, steps, data.load("digits"))
     state = trainer.init_state()
     indices = trainer.batch_indices(state.step, steps)
-    args = (state, trainer._data, indices)
+    args = (state, trainer.data, indices)
     chunk = trainer.compiled_chunk(*args)
     jax.block_until_ready(chunk(*args))  # warm up (donates state)
     state = jax.block_until_ready(trainer.init_state())
     trace_dir = workdir / "trace"
     jax.profiler.start_trace(str(trace_dir))
     start = time.perf_counter()
-    jax.block_until_ready(chunk(state, trainer._data, indices))
+    jax.block_until_ready(chunk(state, trainer.data, indices))
     wall = time.perf_counter() - start
     jax.profiler.stop_trace()
     newest = max(trace_dir.glob("**/*.trace.json.gz"), key=lambda p: p.stat().st_mtime)
@@ -112,7 +112,7 @@ def main(argv: Sequence[str]) -> None:
     if not rows:
         fail("the trace holds no per-op events (is this backend's runtime traced?)")
     summed = sum(r["us_per_step"] for r in rows)
-    print(f"{len(trainer.grid.configs())} configs, {steps} steps on {jax.devices()[0].platform}: "
+    print(f"{trainer.layout.size} configs, {steps} steps on {jax.devices()[0].platform}: "
           f"{1e6 * wall / steps:.0f} µs per step (wall, under the profiler); "
           f"{summed:.0f} µs per step summed over {len(rows)} ops\n")  # fmt: skip
     print(f"{'µs/step':>8} {'share':>6}  {'op':<28} {'output shape':<24} from")

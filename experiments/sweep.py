@@ -1,18 +1,22 @@
-r"""Trains a whole loss × learning-rate × seed grid as one compiled program and reports it.
+r"""Trains a whole loss × hyperparameter × seed grid as one compiled program and reports it.
 
   python -m experiments.sweep --loss=ce
   python -m experiments.sweep --loss=ce,mse --lrs=0.01,0.1,1 --seeds=5 --workdir=runs/ce_vs_mse
-  python -m experiments.sweep --loss=all --model=linear --init_scale=4 --dataset=digits
+  python -m experiments.sweep --loss=ce,mse --lrs=0.03,0.3 --axis weight_decay=0,1e-3 \
+      --axis label_smoothing=0,0.1 --axis init_scale=1,4 --seeds=2 --steps=400
 
+Any hyperparameter of softcls_jax.engine.AXES is a grid axis (``--axis NAME=V1,V2,...``, repeatable)
+or a single value (``--NAME=V``); the whole product trains as one program, compiled once.
 Checkpoints after every chunk: the same command on the same --workdir resumes an interrupted sweep.
-Writes into --workdir: results.json (settings, versions, devices, per config its final metrics,
-divergence and curves), results.csv, summary.md (tables), and PNG plots. Prints progress per chunk
-and, at the end, a learning-rate × loss table of final test accuracy. Bad flags exit with status 2
-and a one-line message.
+Writes into --workdir: results.json (settings, versions, devices, per config its axis values, final
+metrics, divergence and curves), results.csv, summary.md (tables), and PNG plots. Prints progress per
+chunk and, at the end, a learning-rate × loss table of final test accuracy. Bad flags exit with
+status 2 and a one-line message.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -22,6 +26,7 @@ from absl import app, flags
 
 from experiments.cli import FlagError, fail, number, parse_flags
 from softcls_jax import results
+from softcls_jax.engine import AXES
 from softcls_jax.losses import LOSSES
 from softcls_jax.sweep import SettingError, SweepSpec, run_sweep
 
@@ -29,17 +34,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string(
     "loss", "ce", f"Loss(es) to train with: one of {sorted(LOSSES)}, a comma list, or 'all'."
 )
-flags.DEFINE_string(
-    "dataset",
-    "digits",
-    "Data set: digits, mnist1d, blobs, or npz:PATH (arrays x_train, y_train, x_test, y_test).",
-)
-flags.DEFINE_string("model", "mlp", "Model: linear (softmax regression), mlp, or cnn1d.")
 flags.DEFINE_list("hidden", ["128"], "Hidden layer widths of the mlp, comma separated.")
-flags.DEFINE_string(
-    "activation", "relu", "Hidden activation of the mlp: relu, sigmoid, tanh or gelu."
-)
-flags.DEFINE_string("optimizer", "sgd", "Optimizer: sgd, momentum (0.9) or adam.")
 flags.DEFINE_list(
     "lrs", [], "Explicit learning rates, comma separated; overrides --lr_min/--lr_max/--num_lrs."
 )
@@ -54,18 +49,21 @@ flags.DEFINE_string(
     "Number of seeds (0, 1, ..., counted from --first_seed); each seed has its own init and batch order.",
 )
 flags.DEFINE_string("first_seed", "0", "First seed.")
-flags.DEFINE_string("steps", "2000", "Optimizer steps per config.")
-flags.DEFINE_string("batch_size", "128", "Minibatch size (at most the training set size).")
-flags.DEFINE_string(
-    "eval_every", "200", "Steps per chunk: metrics, progress and checkpoints happen once per chunk."
-)
-flags.DEFINE_string(
-    "init_scale", "1.0", "Multiplies the initial weights; large values start confidently wrong."
-)
-flags.DEFINE_string(
-    "label_noise", "0.0", "Fraction of training labels flipped to another class, in [0, 1)."
-)
-flags.DEFINE_string("data_seed", "0", "Seed of the label noise and of generated data (blobs).")
+DEFAULTS = SweepSpec()
+for _field in dataclasses.fields(SweepSpec):  # settings with a help text are flags of the same name
+    if "help" in _field.metadata:
+        flags.DEFINE_string(
+            _field.name, str(getattr(DEFAULTS, _field.name)), _field.metadata["help"]
+        )
+for _axis in AXES.values():  # every axis also takes a single value
+    if _axis.name != "learning_rate":
+        default = "" if _axis.default is None else f" (default {_axis.default:g})"
+        flags.DEFINE_string(_axis.name, None, f"{_axis.help}; {_axis.rule}{default}. One value; "
+                            f"several: --axis {_axis.name}=V1,V2,...")  # fmt: skip
+flags.DEFINE_multi_string(
+    "axis", [], "A grid axis NAME=V1,V2,... (repeatable), crossed with losses, learning rates and "
+    f"seeds. NAME is one of {[n for n in AXES if n != 'learning_rate']}.",
+)  # fmt: skip
 flags.DEFINE_string(
     "workdir", "runs/sweep", "Output directory for results.json, results.csv, summary.md and plots."
 )
@@ -118,6 +116,35 @@ def learning_rates() -> tuple[float, ...]:
     )
 
 
+def axes_from_flags() -> dict[str, tuple[float, ...]]:
+    """``--axis NAME=V1,...`` and ``--NAME=V`` as ``{name: values}``; FlagError names the flag."""
+    valid = [n for n in AXES if n != "learning_rate"]
+    axes: dict[str, tuple[float, ...]] = {}
+    for text in FLAGS.axis:
+        name, sep, values = text.partition("=")
+        name = name.strip()
+        if name == "learning_rate":
+            raise FlagError(
+                "axis", "the learning-rate axis is --lrs (or --lr_min/--lr_max/--num_lrs)"
+            )
+        if not sep or name not in AXES:
+            raise FlagError(
+                "axis", f"expected NAME=V1,V2,... with NAME one of {valid}, got {text!r}"
+            )
+        if name in axes:
+            raise FlagError("axis", f"axis {name!r} is given twice")
+        items = [v.strip() for v in values.split(",") if v.strip()]
+        if not items:
+            raise FlagError("axis", f"axis {name!r} has no values")
+        axes[name] = tuple(number("axis", v) for v in items)
+    for name in valid:
+        if FLAGS[name].value is not None:
+            if name in axes:
+                raise FlagError(name, f"given both as --{name} and as --axis {name}=...")
+            axes[name] = (number(name, FLAGS[name].value),)
+    return axes
+
+
 def spec_from_flags() -> SweepSpec:
     """Parses and validates every flag; raises FlagError naming the flag."""
     names = [n.strip() for n in FLAGS.loss.split(",") if n.strip()]
@@ -128,6 +155,7 @@ def spec_from_flags() -> SweepSpec:
         losses=losses,
         learning_rates=learning_rates(),
         seeds=tuple(range(first, first + seeds_count)),
+        axes=axes_from_flags(),
         dataset=FLAGS.dataset,
         model=FLAGS.model,
         hidden=tuple(number("hidden", h, int) for h in FLAGS.hidden)
@@ -135,19 +163,25 @@ def spec_from_flags() -> SweepSpec:
         else (),
         activation=FLAGS.activation,
         optimizer=FLAGS.optimizer,
+        schedule=FLAGS.schedule,
         steps=number("steps", FLAGS.steps, int),
         batch_size=number("batch_size", FLAGS.batch_size, int),
         eval_every=number("eval_every", FLAGS.eval_every, int),
-        init_scale=number("init_scale", FLAGS.init_scale),
-        label_noise=number("label_noise", FLAGS.label_noise),
         data_seed=number("data_seed", FLAGS.data_seed, int),
         checked=FLAGS.checked,
     )
     try:
         spec.validate()
     except SettingError as e:
-        raise FlagError(FLAG_OF.get(e.setting, e.setting), str(e)) from None
+        raise FlagError(flag_of(e.setting), str(e)) from None
     return spec
+
+
+def flag_of(setting: str) -> str:
+    """The flag of a setting: an axis given with --axis is named by that flag."""
+    if setting in AXES and setting in [t.partition("=")[0].strip() for t in FLAGS.axis]:
+        return "axis"
+    return FLAG_OF.get(setting, setting)
 
 
 def print_progress(step: int, total: int, record: dict, seconds: float) -> None:
@@ -186,9 +220,8 @@ def main(argv: Sequence[str]) -> None:
     try:
         initialize_distributed()
         spec = spec_from_flags()
-        size = len(spec.losses) * len(spec.learning_rates) * len(spec.seeds)
-        print(f"sweep: {size} configs ({len(spec.losses)} losses × {len(spec.learning_rates)} learning rates × "
-              f"{len(spec.seeds)} seeds), {spec.model} on {spec.dataset}, {spec.steps} steps", flush=True)  # fmt: skip
+        print(f"sweep: {spec.layout().describe()}, {spec.model} on {spec.dataset}, {spec.steps} "
+              "steps", flush=True)  # fmt: skip
         document = run_sweep(
             spec, FLAGS.workdir, on_progress=print_progress, overwrite=FLAGS.overwrite,
             on_resume=lambda step: print(f"resuming from the checkpoint at step {step}", flush=True),
@@ -196,16 +229,19 @@ def main(argv: Sequence[str]) -> None:
     except FlagError as e:
         fail(str(e))
     except SettingError as e:
-        fail(f"--{FLAG_OF.get(e.setting, e.setting)}: {e}")
+        fail(f"--{flag_of(e.setting)}: {e}")
     records = document["configs"]
     print("\nFinal test accuracy (%), mean ± std over seeds:\n")
     print(results.accuracy_table(records))
+    axes = results.axis_names(records)
+    if len(axes) > 1:
+        print(f"(each cell: {', '.join(axes[1:])} at their best)")
     for b in results.best_per_loss(records):
-        print(
-            f"best {b['loss']}: lr {b['learning_rate']:.3g}, test accuracy {100 * b['test_accuracy']:.2f} %"
-        )
+        values = ", ".join(f"{a} {b[a]:.3g}" for a in axes).replace("learning_rate", "lr")
+        print(f"best {b['loss']}: {values}, test accuracy {100 * b['test_accuracy']:.2f} %")
     t = document["timing"]
-    print(f"\nwall {t['wall_s']:.1f} s (compile {t['compile_s']:.1f} s), "
+    print(f"\nwall {t['wall_s']:.1f} s (compile {t['compile_s']:.1f} s, {t['compiled_chunks']} "
+          "chunk program(s)), "
           f"{t['config_examples_per_s']:.3g} config·examples/s; results in {FLAGS.workdir}/")  # fmt: skip
 
 

@@ -10,14 +10,14 @@ HIDDEN = 128
 BATCH = 128
 
 
-def workload(num_lrs: int, steps: int, dataset: data.Dataset) -> engine.GridTrainer:
+def workload(num_lrs: int, steps: int, dataset: data.Dataset) -> engine.Trainer:
     """The reference grid: num_lrs log-spaced rates 1e-3 … 1 × {CE, MSE}, one seed."""
     model = models.make_model("mlp", dataset.num_features, dataset.num_classes, hidden=(HIDDEN,))
     lrs = tuple(float(x) for x in np.logspace(-3, 0, num_lrs))
-    return engine.GridTrainer(model, dataset, engine.Grid(("ce", "mse"), lrs, (0,)),
-                              engine.TrainSettings("sgd", steps, BATCH, steps))  # fmt: skip
+    return engine.Trainer(model, dataset, engine.Layout(("ce", "mse"), lrs, (0,)),
+                          engine.TrainSettings("sgd", steps, BATCH, steps))  # fmt: skip
 
 
-def batch_stream(trainer: engine.GridTrainer, steps: int) -> np.ndarray:
+def batch_stream(trainer: engine.Trainer, steps: int) -> np.ndarray:
     """The engine's minibatch indices of seed 0, ``(steps, B)``: every contender trains on these."""
     return np.asarray(trainer.batch_indices(0, steps)[:, 0])

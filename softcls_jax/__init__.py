@@ -2,7 +2,8 @@
 
 Pure functions (labels, losses, closed-form gradients, metrics) that compose with ``jax.grad``,
 ``jax.jit`` and ``jax.vmap``. ``softmax`` and ``log_softmax`` are JAX's own (``jax.nn``), re-exported
-here so that the whole vocabulary of the seeds is in one namespace.
+here so that the whole vocabulary of the seeds is in one namespace. :func:`run_grid` trains a grid
+of losses × hyperparameter axes × seeds (your own models and losses too) as one compiled program.
 """
 
 from jax.nn import log_softmax, softmax
@@ -48,6 +49,7 @@ from softcls_jax.metrics import (
     predict,
     reliability_bins,
 )
+from softcls_jax.runner import run_grid
 
 __version__ = "0.1.0"
 
@@ -81,6 +83,7 @@ __all__ = [
     "one_hot",
     "predict",
     "reliability_bins",
+    "run_grid",
     "smooth_labels",
     "softmax",
     "softmax_jacobian",

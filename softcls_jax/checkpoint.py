@@ -24,6 +24,10 @@ from softcls_jax.files import atomic_write
 FILENAME = "checkpoint.msgpack"
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, or not of this sweep's model and grid."""
+
+
 def save(path: str | os.PathLike, state: GridState, history: list[dict]) -> None:
     """Writes ``state`` and ``history`` atomically to ``path``."""
     path = pathlib.Path(path)
@@ -46,21 +50,21 @@ def restore(path: str | os.PathLike, template: Any) -> tuple[GridState, list[dic
       template: a ``GridState`` (or its ``jax.eval_shape``) of the same grid, giving the tree structure.
 
     Raises:
-      ValueError: if the file is unreadable or does not fit the template.
+      CheckpointError: if the file is unreadable or does not fit the template.
     """
     try:
         payload = serialization.msgpack_restore(pathlib.Path(path).read_bytes())
         leaves = [payload["leaves"][str(i)] for i in range(len(payload["leaves"]))]
         history_arrays = payload["history"]
     except Exception as e:  # any corruption reads as "cannot use this checkpoint"
-        raise ValueError(f"checkpoint {path} is unreadable: {e}") from None
+        raise CheckpointError(f"checkpoint {path} is unreadable: {e}") from None
     expected = jax.tree.leaves(template)
     shapes_ok = len(leaves) == len(expected) and all(
         np.shape(a) == tuple(b.shape) and np.asarray(a).dtype == b.dtype
         for a, b in zip(leaves, expected, strict=True)
     )
     if not shapes_ok:
-        raise ValueError(f"checkpoint {path} does not match this sweep's model and grid")
+        raise CheckpointError(f"checkpoint {path} does not match this sweep's model and grid")
     state = jax.tree.unflatten(jax.tree.structure(template), [np.asarray(x) for x in leaves])
     steps = history_arrays["step"]
     history = [

@@ -122,6 +122,25 @@ def validate(
     )
 
 
+def from_arrays(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+    num_classes: int | None = None, name: str = "arrays",
+) -> Dataset:  # fmt: skip
+    """A validated :class:`Dataset` from your own arrays (features ``(N, D)``, integer labels ``(N,)``).
+
+    Example:
+      >>> rng = np.random.default_rng(0)
+      >>> d = from_arrays(rng.normal(size=(20, 3)), np.arange(20) % 2, rng.normal(size=(6, 3)),
+      ...                 np.arange(6) % 2)
+      >>> d.num_features, d.num_classes, d.x_train.dtype
+      (3, 2, dtype('float32'))
+
+    Raises:
+      ValueError: on anything :func:`validate` refuses (shapes, NaN/inf, bad labels, …).
+    """
+    return validate(name, x_train, y_train, x_test, y_test, num_classes)
+
+
 def load_digits() -> Dataset:
     """scikit-learn's digits: fixed stratified 80/20 split, standardised on the training split."""
     from sklearn.datasets import load_digits as sk_load_digits

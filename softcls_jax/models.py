@@ -189,10 +189,7 @@ def make_model(
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: construct(jax.random.key(0))))
 
     def init(key: Array) -> Params:
-        params = nnx.state(construct(key), nnx.Param)
-        return jax.tree_util.tree_map_with_path(
-            lambda path, w: w * init_scale if _is_kernel(path) else w, params
-        )
+        return scale_kernels(nnx.state(construct(key), nnx.Param), init_scale)
 
     def apply(params: Params, x: Array) -> Array:
         return nnx.merge(graphdef, params)(x)
@@ -203,3 +200,54 @@ def make_model(
 
 def _is_kernel(path: tuple) -> bool:
     return any(getattr(k, "key", None) == "kernel" for k in path)
+
+
+def scale_kernels(params: Params, scale: Array | float) -> Params:
+    """``params`` with every leaf named ``kernel`` (weight matrices and conv filters, also of a
+    user's :func:`from_nnx` model) multiplied by ``scale``; biases unchanged. ``scale`` may be traced."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, w: w * scale if _is_kernel(path) else w, params
+    )
+
+
+def from_nnx(build: Callable[[nnx.Rngs], nnx.Module], name: str = "custom") -> Model:
+    """A :class:`Model` from your own Flax NNX network, for ``run_grid`` and the engine.
+
+    Example:
+      >>> class TwoLayer(nnx.Module):
+      ...     def __init__(self, rngs):
+      ...         self.a, self.b = nnx.Linear(4, 8, rngs=rngs), nnx.Linear(8, 3, rngs=rngs)
+      ...     def __call__(self, x):
+      ...         return self.b(jax.nn.tanh(self.a(x)))
+      >>> model = from_nnx(TwoLayer, name="two_layer")
+      >>> model.apply(model.init(jax.random.key(0)), jnp.ones((5, 4))).shape
+      (5, 3)
+      >>> model.num_params
+      67
+
+    Args:
+      build: ``rngs -> nnx.Module``; the module maps ``x (N, D)`` to logits ``(N, C)`` and holds only
+        ``nnx.Param`` state (no batch statistics or dropout streams: the engine vmaps a pure
+        ``apply`` over configs). Weights named ``kernel`` are what the ``init_scale`` axis scales.
+      name: the model's name in results.
+
+    Raises:
+      ValueError: if ``build`` fails, or the module holds state other than parameters.
+    """
+    try:
+        abstract = nnx.eval_shape(lambda: build(nnx.Rngs(0)))
+    except Exception as e:
+        raise ValueError(f"{name}: building the module failed: {type(e).__name__}: {e}") from e
+    graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+    if jax.tree.leaves(rest):
+        raise ValueError(f"{name}: the module holds state other than nnx.Param "
+                         f"({sorted({type(v).__name__ for v in jax.tree.leaves(rest)})}); "
+                         "only parameters can be vmapped over configs")  # fmt: skip
+
+    def init(key: Array) -> Params:
+        return nnx.state(build(nnx.Rngs(key)), nnx.Param)
+
+    def apply(params: Params, x: Array) -> Array:
+        return nnx.merge(graphdef, params)(x)
+
+    return Model(name, init, apply, sum(leaf.size for leaf in jax.tree.leaves(params)))

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from softcls_jax.files import atomic_write
-from softcls_jax.results import by_loss_and_lr
+from softcls_jax.results import axis_names, by_loss_and_lr
 
 
 def save(fig: plt.Figure, path: str | os.PathLike) -> None:
@@ -45,7 +45,9 @@ def accuracy_vs_lr(records: Sequence[dict], path: str | os.PathLike) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("final test accuracy (%)")
-    ax.set_title("Final test accuracy by loss (x: diverged)")
+    others = [a for a in axis_names(records) if a != "learning_rate"]
+    ax.set_title("Final test accuracy by loss (x: diverged)"
+                 + (f"\n{', '.join(others)} at their best per point" if others else ""), fontsize=10)  # fmt: skip
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -71,6 +73,9 @@ def learning_curves(
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel(metric.replace("_", " "))
+    others = [a for a in axis_names(records) if a != "learning_rate"]
+    if others:
+        fig.suptitle(f"{', '.join(others)} at their best per learning rate", fontsize=9)
     axes[0, -1].legend(title="learning rate", fontsize=7)
     fig.tight_layout()
     save(fig, path)

@@ -1,7 +1,8 @@
 """Sweep results: one JSON schema, atomic writes, CSV and a Markdown summary.
 
-``results.json`` holds ``settings`` (what was asked), ``environment`` (versions, devices), ``configs``
-(per config: its settings, final metrics, diverged flag and step, curves) and ``timing``. Everything
+``results.json`` holds ``settings`` (what was asked), ``axes`` (the grid's hyperparameter axes),
+``environment`` (versions, devices), ``configs`` (per config: its loss, every axis value, seed, final
+metrics, diverged flag and step, curves) and ``timing``. Everything
 but ``timing`` is a deterministic function of the settings, so two runs of the same command give
 identical files apart from that section. NaN (a diverged config's metrics) is written as ``null``.
 """
@@ -19,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from softcls_jax.engine import METRICS, Grid
+from softcls_jax.engine import AXES, METRICS, Layout
 from softcls_jax.files import atomic_write
 
-SCHEMA = "softcls-jax/sweep/v1"
+SCHEMA = "softcls-jax/sweep/v2"
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -68,21 +69,19 @@ def environment() -> dict[str, Any]:
     }
 
 
-def config_records(grid: Grid, history: Sequence[dict], diverged_at: np.ndarray) -> list[dict]:
-    """Per config: settings, final metrics, divergence and curves, in ``(S, K)`` order."""
-    s_count, k_count = grid.shape
+def config_records(layout: Layout, history: Sequence[dict], diverged_at: np.ndarray) -> list[dict]:
+    """Per config: loss, axis values, seed, final metrics, divergence and curves, in ``(S, K)``
+    order."""
     steps = [int(h["step"]) for h in history]
     records = []
-    for (s, k), config in zip(np.ndindex(s_count, k_count), grid.configs(), strict=True):
+    for (s, k), config in zip(np.ndindex(*layout.shape), layout.configs(), strict=True):
         curves = {"step": steps}
         for name in METRICS:
             curves[name] = [float(h[name][s, k]) for h in history]
         step = int(diverged_at[s, k])
         records.append(
             {
-                "loss": config.loss,
-                "learning_rate": config.learning_rate,
-                "seed": config.seed,
+                **config.as_dict(),
                 "diverged": step >= 0,
                 "diverged_step": step if step >= 0 else None,
                 "final": {name: curves[name][-1] for name in METRICS},
@@ -93,30 +92,36 @@ def config_records(grid: Grid, history: Sequence[dict], diverged_at: np.ndarray)
 
 
 def build(
-    settings: dict[str, Any], grid: Grid, history: Sequence[dict], diverged_at: np.ndarray,
+    settings: dict[str, Any], layout: Layout, history: Sequence[dict], diverged_at: np.ndarray,
     timing: dict[str, float],
 ) -> dict[str, Any]:  # fmt: skip
     """The ``results.json`` document."""
     return {
         "schema": SCHEMA,
         "settings": settings,
+        "axes": list(layout.axis_names),
         "environment": environment(),
-        "configs": config_records(grid, history, diverged_at),
+        "configs": config_records(layout, history, diverged_at),
         "timing": timing,
     }
 
 
+def axis_names(records: Sequence[dict]) -> list[str]:
+    """The grid axes of these records (learning rate first), from their keys."""
+    return [key for key in records[0] if key in AXES] if records else []
+
+
 def to_csv(records: Sequence[dict]) -> str:
-    """One row per config: settings, divergence, final metrics."""
+    """One row per config: loss, a column per axis, seed, divergence, final metrics."""
+    axes = axis_names(records)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["loss", "learning_rate", "seed", "diverged", "diverged_step", *METRICS])
+    writer.writerow(["loss", *axes, "seed", "diverged", "diverged_step", *METRICS])
     for r in records:
         final = [_fmt(r["final"][m]) for m in METRICS]
         step = "" if r["diverged_step"] is None else r["diverged_step"]
-        writer.writerow(
-            [r["loss"], repr(r["learning_rate"]), r["seed"], r["diverged"], step, *final]
-        )
+        values = [repr(r[a]) for a in axes]
+        writer.writerow([r["loss"], *values, r["seed"], r["diverged"], step, *final])
     return out.getvalue()
 
 
@@ -124,12 +129,38 @@ def _fmt(x: float | None) -> str:
     return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.6g}"
 
 
-def by_loss_and_lr(records: Sequence[dict]) -> dict[str, dict[float, list[dict]]]:
-    """Config records grouped as ``{loss: {learning_rate: [one record per seed]}}``, losses in order."""
-    out: dict[str, dict[float, list[dict]]] = {}
+def by_setting(records: Sequence[dict]) -> dict[tuple, list[dict]]:
+    """Config records grouped by setting (loss and every axis value), one record per seed."""
+    axes = axis_names(records)
+    out: dict[tuple, list[dict]] = {}
     for r in records:
-        out.setdefault(r["loss"], {}).setdefault(r["learning_rate"], []).append(r)
+        out.setdefault((r["loss"], *(r[a] for a in axes)), []).append(r)
     return out
+
+
+def mean_metric(runs: Sequence[dict], metric: str = "test_accuracy") -> float | None:
+    """The mean of ``metric`` over seeds, or None if any seed diverged or lacks it."""
+    values = [r["final"][metric] for r in runs]
+    if not runs or any(r["diverged"] for r in runs) or any(v is None for v in values):
+        return None
+    return float(np.mean(values))
+
+
+def _best(settings: list[list[dict]]) -> list[dict]:
+    """The runs of the setting with the highest mean test accuracy (the first on ties)."""
+    scored = [(mean_metric(runs), i) for i, runs in enumerate(settings)]
+    scored = [(acc, -i) for acc, i in scored if acc is not None]
+    return settings[-max(scored)[1]] if scored else settings[0]
+
+
+def by_loss_and_lr(records: Sequence[dict]) -> dict[str, dict[float, list[dict]]]:
+    """``{loss: {learning_rate: [one record per seed]}}``, losses in order. With other axes, each
+    (loss, learning rate) holds the runs of its best setting of the other axes (highest mean test
+    accuracy)."""
+    grouped: dict[str, dict[float, list[list[dict]]]] = {}
+    for key, runs in by_setting(records).items():
+        grouped.setdefault(key[0], {}).setdefault(runs[0]["learning_rate"], []).append(runs)
+    return {loss: {lr: _best(s) for lr, s in by_lr.items()} for loss, by_lr in grouped.items()}
 
 
 def _cell(runs: list[dict], metric: str = "test_accuracy") -> str:
@@ -159,22 +190,35 @@ def accuracy_table(records: Sequence[dict]) -> str:
 
 
 def best_per_loss(records: Sequence[dict]) -> list[dict]:
-    """For each loss, the learning rate with the best mean final test accuracy over seeds."""
-    best = []
-    for loss, by_lr in by_loss_and_lr(records).items():
-        scored = []
-        for lr in sorted(by_lr):
-            runs = [r for r in by_lr[lr] if not r["diverged"]]
-            accs = [r["final"]["test_accuracy"] for r in runs]
-            if accs and all(a is not None for a in accs):
-                scored.append((float(np.mean(accs)), lr, runs))
-        if scored:
-            acc, lr, runs = max(scored, key=lambda t: t[0])
-            nll = float(np.mean([r["final"]["test_nll"] for r in runs]))
-            ece = float(np.mean([r["final"]["test_ece"] for r in runs]))
-            best.append({"loss": loss, "learning_rate": lr, "test_accuracy": acc,
-                         "test_nll": nll, "test_ece": ece, "seeds": len(runs)})  # fmt: skip
+    """For each loss, the setting (every axis value) with the best mean final test accuracy over
+    seeds; settings with a diverged seed are not candidates."""
+    axes, best = axis_names(records), []
+    grouped: dict[str, list[list[dict]]] = {}
+    for key, runs in by_setting(records).items():
+        grouped.setdefault(key[0], []).append(runs)
+    for loss, settings in grouped.items():
+        runs = _best(settings)
+        acc = mean_metric(runs)
+        if acc is None:
+            continue
+        best.append({"loss": loss, **{a: runs[0][a] for a in axes}, "test_accuracy": acc,
+                     "test_nll": mean_metric(runs, "test_nll"),
+                     "test_ece": mean_metric(runs, "test_ece"), "seeds": len(runs)})  # fmt: skip
     return best
+
+
+def axis_table(records: Sequence[dict], axis: str) -> str:
+    """Markdown table: ``axis`` value × loss of final test accuracy, the other axes at their best."""
+    by_value: dict[str, dict[float, list[list[dict]]]] = {}
+    for key, runs in by_setting(records).items():
+        by_value.setdefault(key[0], {}).setdefault(runs[0][axis], []).append(runs)
+    losses = list(by_value)
+    values = sorted({r[axis] for r in records})
+    lines = [f"| {axis} | " + " | ".join(losses) + " |", "|---:|" + "---:|" * len(losses)]
+    for v in values:
+        row = [_cell(_best(by_value[loss][v])) if v in by_value[loss] else "" for loss in losses]
+        lines.append(f"| {v:.3g} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
 
 
 def summary_markdown(document: dict[str, Any], plots: Sequence[str] = ()) -> str:
@@ -182,27 +226,30 @@ def summary_markdown(document: dict[str, Any], plots: Sequence[str] = ()) -> str
     settings, records = document["settings"], document["configs"]
     lines = ["# Sweep summary", ""]
     lines.append(", ".join(f"`{k}={v}`" for k, v in settings.items()))
-    lines += [
-        "",
-        "## Final test accuracy (%), mean ± std over seeds",
-        "",
-        accuracy_table(records),
-        "",
-    ]
-    lines += ["## Best learning rate per loss", "", "| loss | learning rate | test accuracy | test NLL | test ECE |",
-              "|---|---:|---:|---:|---:|"]  # fmt: skip
+    axes = axis_names(records)
+    others = [a for a in axes if a != "learning_rate"]
+    at_best = f" ({', '.join(others)} at their best per cell)" if others else ""
+    lines += ["", f"## Final test accuracy (%), mean ± std over seeds{at_best}", "",
+              accuracy_table(records), ""]  # fmt: skip
+    for axis in others:
+        lines += [f"## Final test accuracy (%) by {axis} (the other axes at their best)", "",
+                  axis_table(records, axis), ""]  # fmt: skip
+    names = ["learning rate" if a == "learning_rate" else a for a in axes]
+    title = "Best learning rate per loss" if not others else "Best setting per loss"
+    lines += [f"## {title}", "", "| loss | " + " | ".join(names) + " | test accuracy | test NLL | test ECE |",
+              "|---|" + "---:|" * (len(axes) + 3)]  # fmt: skip
     for b in best_per_loss(records):
-        lines.append(
-            f"| {b['loss']} | {b['learning_rate']:.3g} | {100 * b['test_accuracy']:.2f} % | "
-            f"{b['test_nll']:.4f} | {b['test_ece']:.4f} |"
-        )
+        values = " | ".join(f"{b[a]:.3g}" for a in axes)
+        lines.append(f"| {b['loss']} | {values} | {100 * b['test_accuracy']:.2f} % | "
+                     f"{b['test_nll']:.4f} | {b['test_ece']:.4f} |")  # fmt: skip
+    lines += ["", "Best: the highest mean final test accuracy over seeds (settings where a seed "
+              "diverged are not candidates)."]  # fmt: skip
     diverged = [r for r in records if r["diverged"]]
     lines += ["", f"## Diverged: {len(diverged)} of {len(records)} configs", ""]
     for r in diverged:
-        lines.append(
-            f"- {r['loss']}, lr={r['learning_rate']:.3g}, seed={r['seed']}: non-finite at step "
-            f"{r['diverged_step']}"
-        )
+        values = ", ".join(f"{a}={r[a]:.3g}" for a in axes).replace("learning_rate=", "lr=")
+        lines.append(f"- {r['loss']}, {values}, seed={r['seed']}: non-finite at step "
+                     f"{r['diverged_step']}")  # fmt: skip
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     timing = document.get("timing", {})

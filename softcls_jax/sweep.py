@@ -1,66 +1,89 @@
-"""A sweep from settings to files: data → model → engine → results → plots.
+"""A sweep from settings to files: data → model → runner → results → plots.
 
-:func:`run_sweep` is what ``python -m experiments.sweep`` calls; experiments call it too. It never
-prints: progress goes to a callback. Settings are validated up front and every error names the
-setting it concerns (:class:`SettingError`), so a command line can name the flag.
+:class:`SweepSpec` is the one settings object: defaults live here, :meth:`SweepSpec.validate` checks
+it once (by building the engine's own :class:`~softcls_jax.engine.Layout` and
+:class:`~softcls_jax.engine.TrainSettings`, so each rule is written once), and the command line's
+flags are derived from its fields. :func:`run_sweep` is what ``python -m experiments.sweep`` calls.
+It never prints: progress goes to a callback. Every error names the setting it concerns
+(:class:`SettingError`), so a command line can name the flag.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import pathlib
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import numpy as np
 
-from softcls_jax import checkpoint, data, engine, models, plots, results
+from softcls_jax import checkpoint, data, models, runner
+from softcls_jax.engine import AXES, Layout, TrainSettings
+from softcls_jax.engine.driver import check_compatible
 from softcls_jax.files import writable_dir
 from softcls_jax.losses import LOSSES
-from softcls_jax.optim import OPTIMIZERS, check_learning_rate
+from softcls_jax.optim import OPTIMIZERS, SCHEDULES
 
 
 class SettingError(ValueError):
-    """A bad setting; ``setting`` is the :class:`SweepSpec` field it concerns."""
+    """A bad setting; ``setting`` is the :class:`SweepSpec` field (or axis name) it concerns."""
 
     def __init__(self, setting: str, message: str):
         super().__init__(message)
         self.setting = setting
 
 
+def _help(text: str, **kwargs: Any) -> Any:
+    return dataclasses.field(metadata={"help": text}, **kwargs)
+
+
 @dataclasses.dataclass(frozen=True)
 class SweepSpec:
-    """Everything that defines a sweep (and so its results)."""
+    """Everything that defines a sweep (and so its results). ``axes``: ``{name: values}`` of the
+    grid axes besides loss, learning rate and seed (:data:`softcls_jax.engine.AXES`)."""
 
     losses: tuple[str, ...] = ("ce",)
     learning_rates: tuple[float, ...] = tuple(float(x) for x in np.logspace(-3, 0, 8))
     seeds: tuple[int, ...] = (0, 1, 2)
-    dataset: str = "digits"
-    model: str = "mlp"
+    axes: Any = ()  # Mapping in; a tuple of (name, values) pairs stored
+    dataset: str = _help("Data set: digits, mnist1d, blobs, or npz:PATH (arrays x_train, "
+                         "y_train, x_test, y_test).", default="digits")  # fmt: skip
+    model: str = _help("Model: linear (softmax regression), mlp, or cnn1d.", default="mlp")
     hidden: tuple[int, ...] = (128,)
-    activation: str = "relu"
-    optimizer: str = "sgd"
-    steps: int = 2000
-    batch_size: int = 128
-    eval_every: int = 200
-    init_scale: float = 1.0
-    label_noise: float = 0.0
-    data_seed: int = 0
+    activation: str = _help("Hidden activation of the mlp: relu, sigmoid, tanh or gelu.",
+                            default="relu")  # fmt: skip
+    optimizer: str = _help("Optimizer: sgd, momentum (sgd with momentum 0.9) or adam.",
+                           default="sgd")  # fmt: skip
+    schedule: str = _help("Learning-rate schedule after the warm-up: constant, or cosine "
+                          "(decaying to 0 at the last step).", default="constant")  # fmt: skip
+    steps: int = _help("Optimizer steps per config.", default=2000)
+    batch_size: int = _help("Minibatch size (at most the training set size).", default=128)
+    eval_every: int = _help("Steps per chunk: metrics, progress and checkpoints happen once per "
+                            "chunk.", default=200)  # fmt: skip
+    data_seed: int = _help("Seed of the label noise and of generated data (blobs).", default=0)
     checked: bool = False
+
+    def __post_init__(self) -> None:
+        axes = self.axes.items() if isinstance(self.axes, Mapping) else self.axes
+        object.__setattr__(self, "axes", tuple((n, tuple(v)) for n, v in axes))
+        for name in ("losses", "learning_rates", "seeds", "hidden"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    def layout(self) -> Layout:
+        return Layout(self.losses, self.learning_rates, self.seeds, dict(self.axes))
+
+    def train_settings(self) -> TrainSettings:
+        return TrainSettings(self.optimizer, self.steps, self.batch_size, self.eval_every,
+                             self.schedule, self.data_seed, self.checked)  # fmt: skip
 
     def validate(self) -> None:
         """Raises :class:`SettingError` for the first bad field."""
         _check("losses", bool(self.losses), "give at least one loss")
         for loss in self.losses:
-            _check(
-                "losses",
-                loss in LOSSES,
-                f"unknown loss {loss!r}; expected one of {sorted(LOSSES)} or 'all'",
-            )
+            _check("losses", loss in LOSSES,
+                   f"unknown loss {loss!r}; expected one of {sorted(LOSSES)} or 'all'")  # fmt: skip
         _check(
             "losses",
             len(set(self.losses)) == len(self.losses),
@@ -68,60 +91,53 @@ class SweepSpec:
         )
         _check("learning_rates", bool(self.learning_rates), "give at least one learning rate")
         for lr in self.learning_rates:
-            try:
-                check_learning_rate(lr)
-            except ValueError as e:
-                raise SettingError("learning_rates", str(e)) from None
-        _check(
-            "learning_rates",
-            len(set(self.learning_rates)) == len(self.learning_rates),
-            "learning rates repeat",
-        )
-        _check("seeds", bool(self.seeds) and all(_is_int(s) and s >= 0 for s in self.seeds),
-               f"seeds must be integers >= 0, got {list(self.seeds)}")  # fmt: skip
-        _check(
-            "model",
-            self.model in models.MODELS,
-            f"unknown model {self.model!r}; expected one of {list(models.MODELS)}",
-        )
-        _check(
-            "hidden",
-            all(_is_int(h) and h >= 1 for h in self.hidden),
-            f"hidden sizes must be integers >= 1, got {list(self.hidden)}",
-        )
+            problem = AXES["learning_rate"].problem(lr)
+            _check("learning_rates", problem is None, f"learning rate {problem}")
+        _check("learning_rates", len(set(self.learning_rates)) == len(self.learning_rates),
+               "learning rates repeat")  # fmt: skip
+        _check("seeds", bool(self.seeds) and all(_is_int(s) and 0 <= s < 2**32 for s in self.seeds),
+               f"seeds must be integers in [0, 2**32), got {list(self.seeds)}")  # fmt: skip
+        for name, values in self.axes:
+            _check("axis", name in AXES and name != "learning_rate",
+                   f"unknown axis {name!r}; valid axes: {[n for n in AXES if n != 'learning_rate']}")  # fmt: skip
+            _check(name, bool(values), "give at least one value")
+            for v in values:
+                problem = AXES[name].problem(v)
+                _check(name, problem is None, str(problem))
+        _check("model", self.model in models.MODELS,
+               f"unknown model {self.model!r}; expected one of {list(models.MODELS)}")  # fmt: skip
+        _check("hidden", all(_is_int(h) and h >= 1 for h in self.hidden),
+               f"hidden sizes must be integers >= 1, got {list(self.hidden)}")  # fmt: skip
         _check("activation", self.activation in models.ACTIVATIONS,
                f"unknown activation {self.activation!r}; expected one of {sorted(models.ACTIVATIONS)}")  # fmt: skip
-        _check(
-            "optimizer",
-            self.optimizer in OPTIMIZERS,
-            f"unknown optimizer {self.optimizer!r}; expected one of {list(OPTIMIZERS)}",
-        )
+        _check("optimizer", self.optimizer in OPTIMIZERS,
+               f"unknown optimizer {self.optimizer!r}; expected one of {list(OPTIMIZERS)}")  # fmt: skip
+        _check("schedule", self.schedule in SCHEDULES,
+               f"unknown schedule {self.schedule!r}; expected one of {list(SCHEDULES)}")  # fmt: skip
         for name in ("steps", "batch_size", "eval_every"):
             value = getattr(self, name)
             _check(name, _is_int(value) and value >= 1, f"must be an integer >= 1, got {value!r}")
-        _check(
-            "init_scale",
-            _is_finite(self.init_scale) and self.init_scale > 0,
-            f"must be a finite number > 0, got {self.init_scale!r}",
-        )
-        _check("label_noise", _is_finite(self.label_noise) and 0 <= self.label_noise < 1,
-               f"must be a fraction in [0, 1), got {self.label_noise!r}")  # fmt: skip
-        _check(
-            "data_seed",
-            _is_int(self.data_seed) and self.data_seed >= 0,
-            f"must be an integer >= 0, got {self.data_seed!r}",
-        )
+        _check("data_seed", _is_int(self.data_seed) and 0 <= self.data_seed < 2**32,
+               f"must be an integer in [0, 2**32), got {self.data_seed!r}")  # fmt: skip
+        try:  # the engine's own rules across settings
+            check_compatible(self.layout(), self.train_settings())
+        except ValueError as e:
+            raise SettingError(_setting_of(str(e)), str(e)) from None
 
     def as_dict(self) -> dict[str, Any]:
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        out = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        out["axes"] = {name: list(values) for name, values in self.axes}
+        return out
+
+
+def _setting_of(message: str) -> str:
+    """The setting a message from the engine's validation is about (its first word)."""
+    first = message.split(" ", 1)[0]
+    return first if first in AXES else "axis" if message.startswith("axis") else "losses"
 
 
 def _is_int(x: object) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-
-
-def _is_finite(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _plain(v: Any) -> Any:
@@ -134,7 +150,7 @@ def _check(setting: str, ok: bool, message: str) -> None:
 
 
 def load_dataset(spec: SweepSpec) -> data.Dataset:
-    """The spec's data set, with its label noise applied to the training labels."""
+    """The spec's data set, checked against the batch size."""
     try:
         dataset = data.load(spec.dataset, seed=spec.data_seed)
     except ValueError as e:
@@ -145,23 +161,15 @@ def load_dataset(spec: SweepSpec) -> data.Dataset:
             f"{spec.batch_size} is larger than the training set of {spec.dataset} "
             f"({dataset.x_train.shape[0]} examples)",
         )
-    return data.with_label_noise(dataset, spec.label_noise, seed=spec.data_seed)
+    return dataset
 
 
-def build_trainer(spec: SweepSpec, dataset: data.Dataset) -> engine.GridTrainer:
-    """Model, grid and engine for ``spec``."""
-    model = models.make_model(
-        spec.model, dataset.num_features, dataset.num_classes, hidden=spec.hidden,
-        activation=spec.activation, init_scale=spec.init_scale,
-    )  # fmt: skip
-    grid = engine.Grid(spec.losses, spec.learning_rates, spec.seeds)
-    settings = engine.TrainSettings(
-        spec.optimizer, spec.steps, spec.batch_size, spec.eval_every, checked=spec.checked
-    )
-    return engine.GridTrainer(model, dataset, grid, settings)
+def build_model(spec: SweepSpec, dataset: data.Dataset) -> models.Model:
+    """The spec's model for ``dataset`` (its initial scale is the ``init_scale`` axis)."""
+    return models.make_model(spec.model, dataset.num_features, dataset.num_classes,
+                             hidden=spec.hidden, activation=spec.activation)  # fmt: skip
 
 
-Progress = Callable[[int, int, dict, float], None]  # (step, total steps, record, seconds so far)
 SPEC_FILE = "spec.json"
 OWNED_FILES = ("results.json", "results.csv", "summary.md", checkpoint.FILENAME, SPEC_FILE)
 
@@ -178,7 +186,7 @@ def prepare_workdir(spec: SweepSpec, workdir: pathlib.Path, overwrite: bool) -> 
         raise SettingError("workdir", f"cannot write to {workdir}: {e.strerror or e}") from None
     spec_path = workdir / SPEC_FILE
     if overwrite:
-        for name in (*OWNED_FILES, *PLOTS):
+        for name in (*OWNED_FILES, *runner.PLOTS):
             (workdir / name).unlink(missing_ok=True)
     elif spec_path.exists():
         try:
@@ -194,7 +202,9 @@ def prepare_workdir(spec: SweepSpec, workdir: pathlib.Path, overwrite: bool) -> 
             )
         return (workdir / checkpoint.FILENAME).exists()
     if jax.process_index() == 0:  # on several hosts, only process 0 writes
-        results.atomic_write_json(spec_path, spec.as_dict())
+        from softcls_jax.results import atomic_write_json
+
+        atomic_write_json(spec_path, spec.as_dict())
     return False
 
 
@@ -209,76 +219,32 @@ def _differences(previous: Any, current: dict) -> str:
 def run_sweep(
     spec: SweepSpec,
     workdir: str | pathlib.Path,
-    on_progress: Progress | None = None,
+    on_progress: runner.Progress | None = None,
     overwrite: bool = False,
     on_resume: Callable[[int], None] | None = None,
 ) -> dict:
     """Trains the sweep and writes ``results.json``, ``results.csv``, ``summary.md`` and plots.
 
     The state is checkpointed after every chunk; running the same spec on the same workdir again
-    resumes from the last checkpoint and gives the same results as an uninterrupted run.
-
-    Args:
-      spec: the sweep.
-      workdir: output directory (created if needed).
-      on_progress: called after every chunk.
-      overwrite: replace a sweep with other settings found in ``workdir``.
-      on_resume: called with the step a resumed sweep continues from.
+    resumes from the last checkpoint and gives the same results as an uninterrupted run. Every input
+    is validated before anything is written into ``workdir``.
 
     Returns:
       The ``results.json`` document.
     """
     spec.validate()
+    dataset = load_dataset(spec)
+    model = build_model(spec, dataset)
     workdir = pathlib.Path(workdir)
     resumable = prepare_workdir(spec, workdir, overwrite)
-    start = time.perf_counter()
-    dataset = load_dataset(spec)
-    trainer = build_trainer(spec, dataset)
-    state, history = None, None
-    if resumable:
-        try:
-            host, history = checkpoint.restore(
-                workdir / checkpoint.FILENAME, trainer.state_template()
-            )
-        except ValueError as e:
-            raise SettingError("workdir", f"{e}; remove it or use --overwrite") from None
-        state = trainer.device_state(host)
-        if on_resume is not None:
-            on_resume(int(state.step))
-
-    def on_chunk(state: engine.GridState, history: list[dict]) -> None:
-        host = trainer.host_state(state)  # a collective on several hosts: every process joins
-        if jax.process_index() == 0:  # only process 0 writes
-            checkpoint.save(workdir / checkpoint.FILENAME, host, history)
-        if on_progress is not None:
-            step = history[-1]["step"]
-            on_progress(step, spec.steps, history[-1], time.perf_counter() - start)
-
-    state, history = trainer.train(state=state, history=history, on_chunk=on_chunk)
-    jax.block_until_ready(state)
-    wall = time.perf_counter() - start
-    timing = {
-        "wall_s": wall,
-        "compile_s": trainer.compile_seconds,
-        "config_examples_per_s": trainer.grid.size * spec.steps * spec.batch_size / wall,
-    }
-    document = results.build(
-        spec.as_dict(), trainer.grid, history, trainer.diverged_steps(state), timing
-    )
+    try:
+        result = runner.run(
+            model, dataset, spec.layout(), spec.train_settings(), described=spec.as_dict(),
+            checkpoint_path=workdir / checkpoint.FILENAME, resume=resumable,
+            on_progress=on_progress, on_resume=on_resume,
+        )  # fmt: skip
+    except checkpoint.CheckpointError as e:
+        raise SettingError("workdir", f"{e}; remove it or use --overwrite") from None
     if jax.process_index() == 0:  # on several hosts, only process 0 writes results
-        write_outputs(document, workdir)
-    return document
-
-
-PLOTS = ("accuracy_vs_lr.png", "learning_curves.png", "train_loss_curves.png")
-
-
-def write_outputs(document: dict, workdir: pathlib.Path) -> None:
-    """Writes the result files and plots of a finished sweep, each atomically."""
-    records = document["configs"]
-    plots.accuracy_vs_lr(records, workdir / PLOTS[0])
-    plots.learning_curves(records, workdir / PLOTS[1], "test_accuracy")
-    plots.learning_curves(records, workdir / PLOTS[2], "train_loss")
-    results.atomic_write_text(workdir / "results.csv", results.to_csv(records))
-    results.atomic_write_text(workdir / "summary.md", results.summary_markdown(document, PLOTS))
-    results.atomic_write_json(workdir / "results.json", document)
+        runner.write_outputs(result.document, workdir)
+    return result.document

@@ -13,21 +13,21 @@ def main() -> None:
     devices = jax.devices()
     d = data.load("digits")
     model = models.make_model("mlp", d.num_features, d.num_classes, hidden=(16,))
-    grid = engine.Grid(
+    grid = engine.Layout(
         ("ce", "mse"), (0.01, 0.1, 0.5), (0, 1)
     )  # 3 rates: not a multiple of 4 devices
     settings = engine.TrainSettings("sgd", 60, 64, 20)
     out = {"device_count": len(devices)}
     runs = {}
     for name, devs in (("one", devices[:1]), ("all", devices)):
-        trainer = engine.GridTrainer(model, d, grid, settings, devices=devs)
+        trainer = engine.Trainer(model, d, grid, settings, devices=devs)
         state, history = trainer.train()
         leaves = jax.tree.leaves(trainer.host_state(state).params)
         runs[name] = {
-            "padded_shape": list(trainer.padded_shape),
+            "padded_shape": list(trainer.layout.padded_shape),
             "sharding": str(jax.tree.leaves(state.params)[0].sharding),
             "history": history,
-            "params": [np.asarray(x)[:, trainer.real_configs] for x in leaves],
+            "params": [np.asarray(x)[:, trainer.layout.real_k] for x in leaves],
             "diverged": trainer.diverged_steps(state),
         }
     one, all_ = runs["one"], runs["all"]

@@ -9,6 +9,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from softcls_jax import data, engine, losses, models
+from softcls_jax.engine import step
 
 
 @functools.cache
@@ -19,65 +20,74 @@ def digits():
 def _trainer(grid, steps=40, eval_every=20, hidden=(16,), model="mlp", optimizer="sgd", batch=64):
     d = digits()
     m = models.make_model(model, d.num_features, d.num_classes, hidden=hidden)
-    return engine.GridTrainer(m, d, grid, engine.TrainSettings(optimizer, steps, batch, eval_every))
+    return engine.Trainer(m, d, grid, engine.TrainSettings(optimizer, steps, batch, eval_every))
+
+
+def _batch_index(trainer):
+    """The per-step definition of a seed's minibatch, for this trainer's data and batch size."""
+    n = trainer.dataset.x_train.shape[0]
+    return lambda key, t: step.batch_index(key, t, n, trainer.settings.batch_size)
 
 
 def test_compilations_do_not_depend_on_learning_rates_seeds_or_losses():
-    small = _trainer(engine.Grid(("ce",), (0.1,), (0,)))
+    small = _trainer(engine.Layout(("ce",), (0.1,), (0,)))
     small.train()
-    big = _trainer(engine.Grid(("ce", "mse", "square"), (0.01, 0.1, 0.3, 1.0), (0, 1, 2)))
+    big = _trainer(engine.Layout(("ce", "mse", "square"), (0.01, 0.1, 0.3, 1.0), (0, 1, 2)))
     big.train()
     assert small.num_traces == big.num_traces == 1
     uneven = _trainer(
-        engine.Grid(("ce",), (0.1,), (0,)), steps=50, eval_every=20
+        engine.Layout(("ce",), (0.1,), (0,)), steps=50, eval_every=20
     )  # chunks 20, 20, 10
     uneven.train()
     assert uneven.num_traces == 2
 
 
 def test_common_random_numbers():
-    trainer = _trainer(engine.Grid(("ce", "mse"), (0.05, 0.2), (0, 1)))
+    trainer = _trainer(engine.Layout(("ce", "mse"), (0.05, 0.2), (0, 1)))
     state = trainer.init_state()
     kernel = np.asarray(state.params["out"]["kernel"])  # (S, K, H, C)
     for k in range(1, 4):  # every config of a seed starts from the same parameters
         np.testing.assert_array_equal(kernel[0, k], kernel[0, 0])
     assert not np.array_equal(kernel[0, 0], kernel[1, 0])  # seeds differ in init
-    lrs = np.asarray(state.opt_state.hyperparams["learning_rate"])
+    lrs = np.asarray(state.hparams["learning_rate"])
     np.testing.assert_allclose(lrs, [[0.05, 0.2, 0.05, 0.2]] * 2)
     # same seed, same batches: the index stream depends on the seed alone
-    idx = jax.vmap(trainer._batch_indices, (0, None))(trainer._data_keys, jnp.int32(3))
+    one = _batch_index(trainer)
+    idx = jax.vmap(one, (0, None))(trainer.data_keys, jnp.int32(3))
     assert not np.array_equal(idx[0], idx[1])
-    again = trainer._batch_indices(trainer._data_keys[0], jnp.int32(3))
+    again = one(trainer.data_keys[0], jnp.int32(3))
     np.testing.assert_array_equal(idx[0], again)
 
 
 def test_chunk_batch_indices_equal_the_per_step_definition():
-    trainer = _trainer(engine.Grid(("ce",), (0.1,), (0, 3)), batch=100)  # 14 steps per epoch
-    key = trainer._data_keys[1]
-    chunk = jax.jit(trainer._chunk_batch_indices, static_argnums=2)(
-        key, jnp.int32(9), 40
+    trainer = _trainer(engine.Layout(("ce",), (0.1,), (0, 3)), batch=100)  # 14 steps per epoch
+    key, n = trainer.data_keys[1], digits().x_train.shape[0]
+    chunk = jax.jit(step.batch_indices, static_argnums=(2, 3, 4))(
+        key, jnp.int32(9), 40, n, 100
     )  # crosses 3 epochs
-    per_step = jnp.stack([trainer._batch_indices(key, jnp.int32(t)) for t in range(9, 49)])
+    per_step = jnp.stack([_batch_index(trainer)(key, jnp.int32(t)) for t in range(9, 49)])
     np.testing.assert_array_equal(chunk, per_step)
 
 
 @pytest.mark.parametrize("model", ["linear", "mlp", "cnn1d"])
 def test_cheaply_compiled_programs_give_the_default_results(model):
     # The init and index programs run once and are compiled at -O1 on CPU: bitwise the same results.
-    trainer = _trainer(engine.Grid(("ce", "mse"), (0.1, 0.3), (0, 5)), model=model)
-    default_init = jax.jit(trainer._init)(trainer._init_keys, trainer._lrs)
+    trainer = _trainer(engine.Layout(("ce", "mse"), (0.1, 0.3), (0, 5)), model=model)
+    default_init = jax.jit(functools.partial(step.init, trainer.program))(
+        trainer.init_keys, trainer.hparams
+    )
     chex.assert_trees_all_equal(trainer.init_state(), default_init)
     indices = trainer.batch_indices(jnp.int32(30), 7)
-    per_step = jax.vmap(jax.vmap(trainer._batch_indices, (0, None)), (None, 0))(
-        trainer._data_keys, jnp.arange(30, 37, dtype=jnp.int32)
+    per_step = jax.vmap(jax.vmap(_batch_index(trainer), (0, None)), (None, 0))(
+        trainer.data_keys, jnp.arange(30, 37, dtype=jnp.int32)
     )
     np.testing.assert_array_equal(indices, per_step)
 
 
 def test_divergence_is_frozen_and_isolated():
     # The same grid with a sane rate or an absurd one in slot 2: every other config is bitwise identical.
-    _, h_ref = _trainer(engine.Grid(("ce", "mse"), (0.01, 0.1, 0.05), (0, 1))).train()
-    with_absurd = _trainer(engine.Grid(("ce", "mse"), (0.01, 0.1, 1e6), (0, 1)))
+    _, h_ref = _trainer(engine.Layout(("ce", "mse"), (0.01, 0.1, 0.05), (0, 1))).train()
+    with_absurd = _trainer(engine.Layout(("ce", "mse"), (0.01, 0.1, 1e6), (0, 1)))
     state, h = with_absurd.train()
     diverged = with_absurd.diverged_steps(state)
     assert np.all(diverged[:, 2] >= 0)  # CE with lr 1e6 blows up
@@ -96,8 +106,8 @@ def test_divergence_is_frozen_and_isolated():
 
 def test_a_grid_without_the_diverging_config_agrees_to_rounding():
     # A narrower grid is another compiled program: equal to float32 rounding, not to the bit.
-    _, narrow = _trainer(engine.Grid(("ce", "mse"), (0.01, 0.1), (0, 1))).train()
-    _, wide = _trainer(engine.Grid(("ce", "mse"), (0.01, 0.1, 1e6), (0, 1))).train()
+    _, narrow = _trainer(engine.Layout(("ce", "mse"), (0.01, 0.1), (0, 1))).train()
+    _, wide = _trainer(engine.Layout(("ce", "mse"), (0.01, 0.1, 1e6), (0, 1))).train()
     for name in engine.METRICS:
         np.testing.assert_allclose(narrow[-1][name], wide[-1][name][:, [0, 1, 3, 4]], rtol=1e-5, atol=1e-6,
                                    err_msg=name)  # fmt: skip
@@ -129,7 +139,7 @@ def _plain_optax_loop(lr, seed, steps, batch, loss_fn, hidden):
 
 def test_grid_config_matches_plain_optax_loop():
     steps, batch = 60, 64  # 60 steps cross an epoch boundary (22 batches of 64 per epoch)
-    trainer = _trainer(engine.Grid(("ce", "mse"), (0.03, 0.3), (0, 7)), steps=steps, batch=batch)
+    trainer = _trainer(engine.Layout(("ce", "mse"), (0.03, 0.3), (0, 7)), steps=steps, batch=batch)
     state, _ = trainer.train()
     for s, seed in enumerate((0, 7)):
         for k, (loss, lr) in enumerate([("ce", 0.03), ("ce", 0.3), ("mse", 0.03), ("mse", 0.3)]):
@@ -143,7 +153,7 @@ def test_softmax_regression_ce_reaches_sklearn_logistic_regression():
     reference = (
         LogisticRegression(max_iter=5000).fit(d.x_train, d.y_train).score(d.x_test, d.y_test)
     )
-    trainer = _trainer(engine.Grid(("ce",), (0.1,), (0, 1, 2)), steps=2000, eval_every=1000,
+    trainer = _trainer(engine.Layout(("ce",), (0.1,), (0, 1, 2)), steps=2000, eval_every=1000,
                        model="linear", batch=128)  # fmt: skip
     _, history = trainer.train()
     accuracy = float(np.mean(history[-1]["test_accuracy"]))
@@ -152,7 +162,7 @@ def test_softmax_regression_ce_reaches_sklearn_logistic_regression():
 
 @pytest.mark.parametrize("optimizer", ["momentum", "adam"])
 def test_other_optimizers_learn(optimizer):
-    trainer = _trainer(engine.Grid(("ce",), (0.01,), (0,)), steps=100, optimizer=optimizer)
+    trainer = _trainer(engine.Layout(("ce",), (0.01,), (0,)), steps=100, optimizer=optimizer)
     _, history = trainer.train()
     assert history[-1]["test_accuracy"][0, 0] > 0.8
 
@@ -160,17 +170,17 @@ def test_other_optimizers_learn(optimizer):
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda: engine.Grid(("hinge",), (0.1,), (0,)), "unknown loss 'hinge'"),
-        (lambda: engine.Grid(("ce",), (0.0,), (0,)), "finite number > 0"),
-        (lambda: engine.Grid(("ce",), (float("nan"),), (0,)), "finite number > 0"),
-        (lambda: engine.Grid(("ce",), ("0.1",), (0,)), "must be a number"),
-        (lambda: engine.Grid(("ce",), (0.1, 0.1), (0,)), "must not repeat"),
-        (lambda: engine.Grid(("ce",), (0.1,), (-1,)), "seeds must be integers >= 0"),
+        (lambda: engine.Layout(("hinge",), (0.1,), (0,)), "unknown loss 'hinge'"),
+        (lambda: engine.Layout(("ce",), (0.0,), (0,)), "finite number > 0"),
+        (lambda: engine.Layout(("ce",), (float("nan"),), (0,)), "finite number > 0"),
+        (lambda: engine.Layout(("ce",), ("0.1",), (0,)), "must be a number"),
+        (lambda: engine.Layout(("ce",), (0.1, 0.1), (0,)), "must not repeat"),
+        (lambda: engine.Layout(("ce",), (0.1,), (-1,)), "seeds must be integers >= 0"),
         (lambda: engine.TrainSettings(optimizer="lbfgs"), "unknown optimizer 'lbfgs'"),
         (lambda: engine.TrainSettings(steps=0), "steps must be an integer >= 1"),
         (lambda: engine.TrainSettings(eval_every=-5), "eval_every must be an integer >= 1"),
         (
-            lambda: _trainer(engine.Grid(("ce",), (0.1,), (0,)), batch=5000),
+            lambda: _trainer(engine.Layout(("ce",), (0.1,), (0,)), batch=5000),
             "larger than the training set",
         ),
     ],
@@ -181,8 +191,8 @@ def test_bad_settings_raise(make, message):
 
 
 def test_a_config_agrees_to_rounding_in_a_wider_grid():
-    small_state, small = _trainer(engine.Grid(("ce", "mse"), (0.1, 0.5), (0, 1))).train()
-    wide_state, wide = _trainer(engine.Grid(("ce", "mse"), (0.01, 0.1, 0.5, 3.0), (0, 1))).train()
+    small_state, small = _trainer(engine.Layout(("ce", "mse"), (0.1, 0.5), (0, 1))).train()
+    wide_state, wide = _trainer(engine.Layout(("ce", "mse"), (0.01, 0.1, 0.5, 3.0), (0, 1))).train()
     shared = [1, 2, 5, 6]  # (ce, 0.1), (ce, 0.5), (mse, 0.1), (mse, 0.5) in the wide grid
     for name in engine.METRICS:
         np.testing.assert_allclose(
@@ -196,8 +206,8 @@ def test_a_config_agrees_to_rounding_in_a_wider_grid():
 
 def test_a_config_alone_agrees_to_float32_rounding():
     # A 1-config grid compiles a differently fused program (no loss switch, size-1 axes).
-    _, alone = _trainer(engine.Grid(("mse",), (0.1,), (1,))).train()
-    _, grid = _trainer(engine.Grid(("ce", "mse"), (0.01, 0.1, 0.5), (0, 1))).train()
+    _, alone = _trainer(engine.Layout(("mse",), (0.1,), (1,))).train()
+    _, grid = _trainer(engine.Layout(("ce", "mse"), (0.01, 0.1, 0.5), (0, 1))).train()
     for name in engine.METRICS:
         np.testing.assert_allclose(
             alone[-1][name][0, 0], grid[-1][name][1, 4], rtol=1e-5, err_msg=name
@@ -206,19 +216,23 @@ def test_a_config_alone_agrees_to_float32_rounding():
 
 def test_config_blocks_train_the_same_configs_to_rounding():
     # 2 losses x 5 rates in blocks of <= 4 configs: 3 blocks of 2 rates per loss, one rate padded.
-    grid = engine.Grid(("ce", "mse"), (0.01, 0.03, 0.1, 0.3, 1.0), (0, 1))
+    grid = engine.Layout(("ce", "mse"), (0.01, 0.03, 0.1, 0.3, 1.0), (0, 1))
     whole = _trainer(grid)
     d = digits()
     m = models.make_model("mlp", d.num_features, d.num_classes, hidden=(16,))
-    blocked = engine.GridTrainer(m, d, grid, engine.TrainSettings("sgd", 40, 64, 20),
+    blocked = engine.Trainer(m, d, grid, engine.TrainSettings("sgd", 40, 64, 20),
                                  block_configs=4)  # fmt: skip
-    assert (whole._blocks, blocked._blocks, blocked.padded_shape) == (1, 3, (2, 12))
+    assert (whole.layout.num_blocks, blocked.layout.num_blocks, blocked.layout.padded_shape) == (
+        1,
+        3,
+        (2, 12),
+    )
     (s_whole, h_whole), (s_blocked, h_blocked) = whole.train(), blocked.train()
     assert blocked.num_traces == 1
     for name in engine.METRICS:
         assert h_blocked[-1][name].shape == (2, 10)
         np.testing.assert_allclose(h_blocked[-1][name], h_whole[-1][name], rtol=1e-5, atol=1e-6)
-    real = lambda t, s: jax.tree.map(lambda x: np.asarray(x)[:, t.real_configs], s.params)
+    real = lambda t, s: jax.tree.map(lambda x: np.asarray(x)[:, t.layout.real_k], s.params)
     chex.assert_trees_all_close(real(blocked, s_blocked), real(whole, s_whole), atol=1e-5)
 
 
@@ -226,7 +240,7 @@ def test_block_configs_must_be_an_integer():
     with pytest.raises(ValueError, match="block_configs must be an integer"):
         d = digits()
         m = models.make_model("linear", d.num_features, d.num_classes)
-        engine.GridTrainer(m, d, engine.Grid(("ce",), (0.1,), (0,)), engine.TrainSettings(),
+        engine.Trainer(m, d, engine.Layout(("ce",), (0.1,), (0,)), engine.TrainSettings(),
                            block_configs=2.5)  # fmt: skip
 
 
@@ -234,5 +248,5 @@ def test_block_configs_must_not_be_negative():
     with pytest.raises(ValueError, match="block_configs must be an integer >= 0, got -1"):
         d = digits()
         m = models.make_model("linear", d.num_features, d.num_classes)
-        engine.GridTrainer(m, d, engine.Grid(("ce",), (0.1,), (0,)), engine.TrainSettings(),
+        engine.Trainer(m, d, engine.Layout(("ce",), (0.1,), (0,)), engine.TrainSettings(),
                            block_configs=-1)  # fmt: skip

@@ -90,7 +90,7 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
 def test_checkpoint_round_trip(tmp_path):
     d = data.load("digits")
     m = models.make_model("mlp", d.num_features, d.num_classes, hidden=(8,))
-    trainer = engine.GridTrainer(m, d, engine.Grid(("ce", "mse"), (0.1, 0.2), (0, 1)),
+    trainer = engine.Trainer(m, d, engine.Layout(("ce", "mse"), (0.1, 0.2), (0, 1)),
                                  engine.TrainSettings("adam", 20, 32, 10))  # fmt: skip
     state, history = trainer.train()
     checkpoint.save(tmp_path / "c", state, history)
@@ -112,19 +112,18 @@ def test_trainer_refuses_out_of_range_labels():
     d = _bad_label_dataset()
     m = models.make_model("linear", d.num_features, 10)
     with pytest.raises(ValueError, match=r"hand-made: y_train: labels out of range: \[12\]"):
-        engine.GridTrainer(m, d, engine.Grid(("mse",), (0.1,), (0,)), engine.TrainSettings())
+        engine.Trainer(m, d, engine.Layout(("mse",), (0.1,), (0,)), engine.TrainSettings())
 
 
 def test_checked_mode_reports_bad_labels_inside_compiled_code():
     d = data.load("digits")
     m = models.make_model("linear", d.num_features, 10)
     settings = engine.TrainSettings(steps=10, eval_every=10, checked=True)
-    trainer = engine.GridTrainer(m, d, engine.Grid(("mse",), (0.1,), (0,)), settings)
+    trainer = engine.Trainer(m, d, engine.Layout(("mse",), (0.1,), (0,)), settings)
     state, _ = trainer.train()  # clean labels pass the compiled check
     assert int(state.step) == 10
     # Labels corrupted on the device after the host check: only the compiled check can see them.
-    x, y, xt, yt = trainer._data
-    trainer._data = (x, y.at[3].set(11), xt, yt)
+    trainer.data = trainer.data._replace(y_train=trainer.data.y_train.at[0, 3].set(11))
     with pytest.raises(
         ValueError, match=r"checked mode: labels out of range \[0, 10\): min 0, max 11"
     ):
@@ -133,7 +132,8 @@ def test_checked_mode_reports_bad_labels_inside_compiled_code():
 
 def test_stress_sweep_finishes_flags_divergence_and_writes_valid_results(tmp_path):
     spec = sweep.SweepSpec(losses=("ce", "mse", "square"), learning_rates=(0.1, 10.0, 1e3),
-                           seeds=(0,), hidden=(32,), steps=60, eval_every=20, init_scale=100.0)  # fmt: skip
+                           seeds=(0,), hidden=(32,), steps=60, eval_every=20,
+                           axes={"init_scale": (100.0,)})  # fmt: skip
     sweep.run_sweep(spec, tmp_path)
     text = (tmp_path / "results.json").read_text()
     document = json.loads(text)  # strict JSON: NaN was written as null

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from softcls_jax import sweep
+from softcls_jax import runner, sweep
 
 TINY = [
     "--steps=20",
@@ -30,7 +30,7 @@ def test_cli_writes_every_output(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "| learning rate | ce | mse |" in proc.stdout  # the final table
     assert "[20/20]" in proc.stdout  # progress
-    for name in ("results.json", "results.csv", "summary.md", *sweep.PLOTS):
+    for name in ("results.json", "results.csv", "summary.md", *runner.PLOTS):
         assert (tmp_path / name).stat().st_size > 0, name
     document = json.loads((tmp_path / "results.json").read_text())
     assert document["settings"]["losses"] == ["ce", "mse"]

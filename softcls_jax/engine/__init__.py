@@ -1,0 +1,33 @@
+"""The sweep engine: a whole grid of losses × hyperparameter axes × seeds as ONE compiled program.
+
+Three layers, data flowing one way:
+
+* :mod:`~softcls_jax.engine.layout`: :class:`Layout`, the configs and their ``(S, K)`` arrangement,
+  padding for devices and cache blocks, index ↔ config; :data:`AXES`, the hyperparameters that can
+  be grid axes. Pure values: results, plots and experiments ask it where a config lives.
+* :mod:`~softcls_jax.engine.step`: the pure traced functions ``init``, ``seed_step``, ``chunk``,
+  ``evaluate``, ``batch_indices``, taking the model, losses, optimizer and layout shape as an
+  explicit :class:`~softcls_jax.engine.step.Program`.
+* :mod:`~softcls_jax.engine.driver`: :class:`Trainer`, placement on a mesh, compile-once programs
+  and their timing, the chunk loop with its checkpoint hook.
+"""
+
+from softcls_jax.engine.driver import CPU_BLOCK, Trainer, TrainSettings
+from softcls_jax.engine.layout import AXES, LOSS_AXES, Axis, Config, Layout, loss_name
+from softcls_jax.engine.step import METRICS, Data, GridState, Program
+
+__all__ = [
+    "AXES",
+    "CPU_BLOCK",
+    "LOSS_AXES",
+    "METRICS",
+    "Axis",
+    "Config",
+    "Data",
+    "GridState",
+    "Layout",
+    "Program",
+    "TrainSettings",
+    "Trainer",
+    "loss_name",
+]

@@ -1,0 +1,329 @@
+"""The engine's host side: placement on a mesh, compile-once programs and their timing, the chunk loop.
+
+:class:`Trainer` turns a model, a data set, a :class:`~softcls_jax.engine.layout.Layout` and
+:class:`TrainSettings` into the static :class:`~softcls_jax.engine.step.Program` and the arrays the
+pure functions of :mod:`softcls_jax.engine.step` take, compiles each of them once, and runs the
+chunks. Scale-out: the configs are sharded over a 1-D mesh of all devices (axis ``configs``), data
+replicated; on several hosts the same code runs in every process after ``jax.distributed.initialize``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import checkify
+from jax.sharding import Mesh
+
+from softcls_jax import losses as losses_lib
+from softcls_jax.data import Dataset, with_label_noise
+from softcls_jax.engine import step
+from softcls_jax.engine.layout import LOSS_AXES, Layout
+from softcls_jax.engine.step import Data, GridState
+from softcls_jax.labels import check_labels
+from softcls_jax.models import Model
+from softcls_jax.optim import OPTIMIZERS, SCHEDULES, make_optimizer
+
+CPU_BLOCK = 64  # configs per cache block on CPU: the best throughput of G = 16 … 1024 (ref. MLP)
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """What every config of a grid shares besides model, data and its axis values."""
+
+    optimizer: str = "sgd"
+    steps: int = 2000
+    batch_size: int = 128
+    eval_every: int = 200
+    schedule: str = "constant"  # or "cosine" (to 0 at the last step); see optim.schedule_factor
+    data_seed: int = 0  # seeds the label noise
+    checked: bool = False  # checkify the label range inside the compiled chunk
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"unknown optimizer {self.optimizer!r}; expected one of {list(OPTIMIZERS)}"
+            )
+        if self.schedule not in SCHEDULES:
+            raise ValueError(
+                f"unknown schedule {self.schedule!r}; expected one of {list(SCHEDULES)}"
+            )
+        for name in ("steps", "batch_size", "eval_every"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not _is_int(self.data_seed) or not 0 <= self.data_seed < 2**32:
+            raise ValueError(f"data_seed must be an integer in [0, 2**32), got {self.data_seed!r}")
+
+
+def check_compatible(layout: Layout, settings: TrainSettings) -> None:
+    """``ValueError`` if the layout's axis values do not fit the settings (warm-up within steps)."""
+    warmup = max(dict(layout.axes).get("warmup_steps", [0]))
+    if warmup >= settings.steps:
+        raise ValueError(f"warmup_steps must be < steps ({settings.steps}), got {warmup:g}")
+
+
+def _loss_fn(loss: Any) -> Callable[..., jax.Array]:
+    return losses_lib.get_loss(loss) if isinstance(loss, str) else loss
+
+
+class Trainer:
+    """Trains every config of a layout together.
+
+    Example:
+      >>> trainer = Trainer(model, dataset, Layout(("ce", "mse"), (0.1, 1.0), (0,)), TrainSettings())
+      >>> state, history = trainer.train()
+
+    Args:
+      model, dataset, layout, settings: what to train.
+      devices: the devices whose mesh shards the configs; all of ``jax.devices()`` by default.
+      block_configs: on one device, a chunk trains at most this many configs at a time, block after
+        block (0: all at once). Default: 64 on CPU, all at once elsewhere.
+
+    Attributes:
+      layout: the layout as arranged here (padding for devices and blocks): ask it which config is
+        where.
+      program: the static description the traced functions take.
+      data: the arrays on the devices.
+      num_traces: how many times the chunk program was traced: one per distinct chunk length,
+        whatever the number of losses, seeds and axis values.
+      compile_seconds: time spent compiling the init, index, chunk and evaluation programs.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        dataset: Dataset,
+        layout: Layout,
+        settings: TrainSettings,
+        devices: Sequence[jax.Device] | None = None,
+        block_configs: int | None = None,
+    ):
+        n_train = dataset.x_train.shape[0]
+        if settings.batch_size > n_train:
+            raise ValueError(
+                f"batch_size {settings.batch_size} is larger than the training set ({n_train})"
+            )
+        for name in ("y_train", "y_test"):  # host-side: a bad label would otherwise be silent
+            try:
+                check_labels(getattr(dataset, name), dataset.num_classes)
+            except ValueError as e:
+                raise ValueError(f"{dataset.name}: {name}: {e}") from None
+        check_compatible(layout, settings)
+        axes = dict(layout.axes)
+        self.model, self.dataset, self.settings = model, dataset, settings
+        self.devices = list(jax.devices() if devices is None else devices)
+        if block_configs is None:
+            block_configs = CPU_BLOCK if self.devices[0].platform == "cpu" else 0
+        if not _is_int(block_configs) or block_configs < 0:
+            raise ValueError(f"block_configs must be an integer >= 0, got {block_configs!r}")
+        self.layout = layout.arranged(len(self.devices), block_configs)
+        self.mesh = Mesh(np.array(self.devices), ("configs",)) if len(self.devices) > 1 else None
+        loss_hparams = tuple(
+            tuple((a, a.lower()) for a in LOSS_AXES if a in axes) if name == "square" else ()
+            for name in self.layout.loss_names
+        )
+        self.program = step.Program(
+            model=model, losses=tuple(_loss_fn(loss) for loss in layout.losses),
+            loss_hparams=loss_hparams, optimizer=make_optimizer(settings.optimizer, set(axes)),
+            axis_names=self.layout.axis_names, num_seeds=len(layout.seeds),
+            group_size=self.layout.group_size, num_blocks=self.layout.num_blocks,
+            batch_size=settings.batch_size, total_steps=settings.steps, schedule=settings.schedule,
+            num_classes=dataset.num_classes, checked=settings.checked, mesh=self.mesh,
+        )  # fmt: skip
+        levels = tuple(axes.get("label_noise", (0.0,)))
+        noisy = [with_label_noise(dataset, lvl, seed=settings.data_seed).y_train for lvl in levels]
+        self.data = Data(*(self._replicate(a) for a in (
+            dataset.x_train, np.stack(noisy), dataset.x_test, dataset.y_test,
+            np.asarray(levels, np.float32))))  # fmt: skip
+        seeds = jnp.asarray(layout.seeds, jnp.uint32)
+        key = lambda i: self._replicate(
+            jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), i))(seeds)
+        )
+        self.init_keys, self.data_keys = key(0), key(1)
+        self.hparams = {n: self._replicate(v) for n, v in self.layout.hparams().items()}
+        self.loss_ids = self._replicate(self.layout.loss_of_k())
+        self.num_traces = 0
+        self.compile_seconds = 0.0
+        self._compiled: dict[Any, Any] = {}  # "init", "eval", ("chunk"/"indices", steps) -> exe
+        self._init_fn = jax.jit(functools.partial(step.init, self.program))
+        self._eval_fn = jax.jit(functools.partial(step.evaluate, self.program))
+        indices = lambda key, first, n: step.batch_indices(
+            key, first, n, n_train, settings.batch_size
+        )
+        self._indices_fn = jax.jit(jax.vmap(indices, (0, None, None), 1), static_argnums=2)
+        self._chunk_fn = jax.jit(self._traced_chunk, donate_argnums=0)
+
+    def _traced_chunk(self, state: GridState, data: Data, indices: jax.Array) -> Any:
+        self.num_traces += 1  # runs only while tracing
+        fn = functools.partial(step.chunk, self.program)
+        return (
+            checkify.checkify(fn)(state, data, indices)
+            if self.settings.checked
+            else fn(state, data, indices)
+        )
+
+    # ---------------------------------------------------------------- placement
+
+    def _put(self, a: Any, ndim_rule: int) -> jax.Array:
+        """A global array from host data every process holds (works across processes too)."""
+        a = np.asarray(a)
+        sharding = step.sharding(self.mesh, ndim_rule)
+        return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
+
+    def _replicate(self, a: Any) -> jax.Array:
+        """``a`` on every device (data, keys, per-config constants); plain ``jnp`` on one device."""
+        if self.mesh is None:
+            return jnp.asarray(a)
+        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):  # keys travel as their raw data
+            raw = self._replicate(jax.random.key_data(a))
+            return jax.random.wrap_key_data(raw, impl=jax.random.key_impl(a))
+        return self._put(a, 0)
+
+    def host_state(self, state: GridState) -> GridState:
+        """The whole (padded) state as host numpy arrays, gathered from every process."""
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            return multihost_utils.process_allgather(state, tiled=True)
+        return jax.device_get(state)
+
+    def device_state(self, host: GridState) -> GridState:
+        """Puts a host state (a restored checkpoint) on the devices, sharded like ``init_state``."""
+        if self.mesh is None:
+            return jax.tree.map(jnp.asarray, host)
+        return jax.tree.map(lambda a: self._put(a, np.ndim(a)), host)
+
+    # ---------------------------------------------------------------- compiled programs
+
+    def _compiled_once(self, key: Any, fn: Any, *args: Any, run_once: bool = False) -> Any:
+        """``fn`` compiled ahead of time for these arguments, once per ``key``; compile time counted.
+
+        ``run_once``: a program that runs once per sweep or chunk and does little work (the init, the
+        minibatch indices) is compiled by XLA:CPU at LLVM -O1, not -O2: a third of the compile time,
+        the same results (a test checks bitwise).
+        """
+        if key not in self._compiled:
+            jax.block_until_ready(args)  # or the timer would also count a chunk still running
+            cheap = run_once and self.devices[0].platform == "cpu"
+            options = {"xla_backend_optimization_level": 1} if cheap else None
+            start = time.perf_counter()
+            self._compiled[key] = fn.lower(*args).compile(compiler_options=options)
+            self.compile_seconds += time.perf_counter() - start
+        return self._compiled[key]
+
+    def state_template(self) -> GridState:
+        """Shapes and dtypes of :meth:`init_state`, computed without running it."""
+        return jax.eval_shape(self._init_fn, self.init_keys, self.hparams)
+
+    def init_state(self) -> GridState:
+        """Initial parameters (one draw per seed) and optimizer states; each config's axis values."""
+        args = (self.init_keys, self.hparams)
+        return self._compiled_once("init", self._init_fn, *args, run_once=True)(*args)
+
+    def batch_indices(self, first_step: Any, num_steps: int) -> jax.Array:
+        """The minibatch indices of steps ``first_step …`` of every seed, ``(num_steps, S, B)``: the
+        engine's own index stream, from one program compiled once per chunk length."""
+        args = (self.data_keys, first_step, num_steps)
+        fn = self._compiled_once(("indices", num_steps), self._indices_fn, *args, run_once=True)
+        return fn(*args[:2])
+
+    def compiled_chunk(self, state: GridState, data: Data, indices: jax.Array) -> Any:
+        """The compiled chunk program for these arguments (compiled once per chunk length)."""
+        args = (state, data, indices)
+        return self._compiled_once(("chunk", indices.shape[0]), self._chunk_fn, *args)
+
+    @property
+    def compiled_chunks(self) -> int:
+        """How many chunk programs were compiled (one per distinct chunk length)."""
+        return sum(1 for k in self._compiled if isinstance(k, tuple) and k[0] == "chunk")
+
+    # ---------------------------------------------------------------- results
+
+    def real(self, metrics: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Drops the padded configs: ``(S, K')`` arrays to the layout's real ``(S, K)``."""
+        return {name: np.asarray(v)[:, self.layout.real_k] for name, v in metrics.items()}
+
+    def real_params(self, state: GridState) -> Any:
+        """The parameters of the real configs as host arrays, leaves ``(S, K, ...)``."""
+        return jax.tree.map(lambda x: np.asarray(x)[:, self.layout.real_k],
+                            self.host_state(state).params)  # fmt: skip
+
+    def diverged_steps(self, state: GridState) -> np.ndarray:
+        """``(S, K)`` int array: the step at which each config diverged, -1 if it did not."""
+        return np.asarray(self.host_state(state).diverged_at)[:, self.layout.real_k]
+
+    def evaluate(self, state: GridState) -> dict[str, np.ndarray]:
+        """Test and train metrics of every config, ``(S, K)`` arrays (NaN once diverged)."""
+        out = self._test_metrics(state)
+        out["train_loss"] = np.full(self.layout.shape, np.nan, np.float32)
+        out["grad_norm"] = np.full(self.layout.shape, np.nan, np.float32)
+        return out
+
+    def _test_metrics(self, state: GridState) -> dict[str, np.ndarray]:
+        args = (state, self.data, self.loss_ids)
+        return self.real(jax.device_get(self._compiled_once("eval", self._eval_fn, *args)(*args)))
+
+    # ---------------------------------------------------------------- the loop
+
+    def run_chunk(
+        self, state: GridState, num_steps: int
+    ) -> tuple[GridState, dict[str, np.ndarray]]:
+        """``num_steps`` steps of every config in one compiled call, then evaluation.
+
+        ``state`` is donated: do not use it after the call.
+        """
+        args = (state, self.data, self.batch_indices(state.step, num_steps))
+        result = self.compiled_chunk(*args)(*args)
+        if self.settings.checked:
+            error, result = result
+            if error.get() is not None:
+                raise ValueError(f"checked mode: {error.get()}")
+        state, out = result
+        return state, {**self._test_metrics(state), **self.real(jax.device_get(out))}
+
+    def chunk_sizes(self, start: int = 0) -> Iterator[int]:
+        """Steps of each remaining chunk: ``eval_every`` each, the last one possibly shorter."""
+        step_ = start
+        while step_ < self.settings.steps:
+            size = min(self.settings.eval_every, self.settings.steps - step_)
+            yield size
+            step_ += size
+
+    def train(
+        self,
+        state: GridState | None = None,
+        history: list[dict] | None = None,
+        on_chunk: Callable[[GridState, list[dict]], None] | None = None,
+    ) -> tuple[GridState, list[dict]]:
+        """Trains to ``settings.steps``; returns the final state and one metrics record per chunk.
+
+        Args:
+          state: a state to continue from (e.g. a checkpoint); fresh if None.
+          history: the records so far, continued in place; a fresh run starts with the step-0 record.
+          on_chunk: called after every chunk with the new state and the history so far (its last
+            record is the new one); it must not keep ``state``, which the next chunk donates.
+
+        Returns:
+          ``(state, history)``; each record is ``{"step": int, metric: (S, K) array, ...}``.
+        """
+        if state is None:
+            state = self.init_state()
+            history = [{"step": 0, **self.evaluate(state)}]
+        history = [] if history is None else history
+        for size in self.chunk_sizes(int(state.step)):
+            state, out = self.run_chunk(state, size)
+            history.append({"step": int(state.step), **out})
+            if on_chunk is not None:
+                on_chunk(state, history)
+        return state, history

@@ -1,0 +1,298 @@
+"""The grid's layout: which configs exist and where each one lives. Pure values, no state arrays.
+
+A grid is the product ``losses × axis values × seeds``. The axes are per-config scalars that leave
+array shapes unchanged (:data:`AXES`): the learning rate always, and any of weight decay, momentum,
+label smoothing, the initial weight scale, the square loss's ``k`` and ``M``, warm-up steps and label
+noise. Their values are data in the compiled program, so one compilation serves the whole product.
+
+Arrangement. Every state leaf has leading axes ``(S, K)``: ``S`` seeds, and ``K = L · R'`` configs
+per seed, loss major: loss group ``g`` owns ``k ∈ [g·R', (g+1)·R')``, and inside a group the ``R``
+combinations of axis values run in row-major order of :attr:`Layout.axis_names` (learning rate
+first). ``R`` is padded to ``R'``, a multiple of ``num_devices × num_blocks``, by repeating the last
+combination, so that the configs split evenly over the devices of a mesh or into cache blocks;
+padded configs train like the others and are dropped from every result (:attr:`Layout.real_k`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+LossLike = str | Callable[..., Any]  # a registry name, or loss(logits, labels) -> (N,)
+
+
+@dataclasses.dataclass(frozen=True)
+class Axis:
+    """A per-config hyperparameter that can be a grid axis.
+
+    Attributes:
+      name: its name on the command line (``--axis NAME=…``, ``--NAME=V``) and in results.
+      default: its value when it is not an axis (None: it depends on the optimizer).
+      rule: the allowed values, in words (``"a finite number > 0"``).
+      ok: the rule as a predicate on a finite float.
+      help: what it does.
+    """
+
+    name: str
+    default: float | None
+    rule: str
+    ok: Callable[[float], bool]
+    help: str
+
+    def problem(self, value: Any) -> str | None:
+        """None if ``value`` is allowed, else ``"must be <rule>, got <value>"``."""
+        number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+            value, bool
+        )
+        if not number or not math.isfinite(float(value)) or not self.ok(float(value)):
+            return f"must be {self.rule}, got {value!r}"
+        v = abs(
+            float(value)
+        )  # float32 holds every value the program sees: none may become 0 or inf
+        if v != 0 and not np.finfo(np.float32).tiny <= v <= np.finfo(np.float32).max:
+            return f"{value!r} is outside float32's range"
+        return None
+
+    def check(self, value: Any) -> float:
+        """``value`` as a float, or ``ValueError`` naming the axis and its rule."""
+        problem = self.problem(value)
+        if problem is not None:
+            raise ValueError(f"{self.name} {problem}")
+        return float(value)
+
+
+AXES: dict[str, Axis] = {
+    a.name: a
+    for a in (
+        Axis("learning_rate", None, "a finite number > 0", lambda v: v > 0,
+             "base learning rate"),
+        Axis("weight_decay", 0.0, "a finite number >= 0", lambda v: v >= 0,
+             "decoupled weight decay λ, as optax.add_decayed_weights: u ← u + λ·w, then × −lr"),
+        Axis("momentum", None, "a number in [0, 1)", lambda v: 0 <= v < 1,
+             "SGD momentum (optax.trace decay) or Adam's b1; default 0 for sgd, 0.9 for momentum "
+             "and adam"),
+        Axis("label_smoothing", 0.0, "a fraction in [0, 1]", lambda v: 0 <= v <= 1,
+             "α: training targets (1 − α)·one_hot(y) + α/C"),
+        Axis("init_scale", 1.0, "a finite number > 0", lambda v: v > 0,
+             "multiplies every initial kernel (biases stay 0); large values start confidently wrong"),
+        Axis("k", 1.0, "a finite number > 0", lambda v: v > 0,
+             "square loss: weight of the true class (Hui & Belkin)"),
+        Axis("M", 1.0, "a finite number > 0", lambda v: v > 0,
+             "square loss: target of the true class's logit (Hui & Belkin)"),
+        Axis("warmup_steps", 0.0, "an integer >= 0", lambda v: v >= 0 and v == int(v),
+             "linear warm-up of the learning rate from 0 over this many steps"),
+        Axis("label_noise", 0.0, "a fraction in [0, 1)", lambda v: 0 <= v < 1,
+             "fraction of training labels flipped to another class (seeded by the data seed)"),
+    )
+}  # fmt: skip
+LOSS_AXES = ("k", "M")  # axes only the square loss reads
+
+
+def loss_name(loss: LossLike) -> str:
+    """A loss's name in results: the registry name, or the function's ``__name__``."""
+    return loss if isinstance(loss, str) else getattr(loss, "__name__", repr(loss))
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One training run of a grid: its loss, seed and the value of every axis."""
+
+    loss: str
+    seed: int
+    hparams: tuple[tuple[str, float], ...]
+
+    @property
+    def learning_rate(self) -> float:
+        return self.value("learning_rate")
+
+    def value(self, name: str) -> float:
+        return dict(self.hparams)[name]
+
+    def as_dict(self) -> dict[str, Any]:
+        """``{"loss", <every axis>, "seed"}``."""
+        return {"loss": self.loss, **dict(self.hparams), "seed": self.seed}
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """The configs of a grid and their arrangement on ``(S, K)`` axes.
+
+    Example:
+      >>> layout = Layout(("ce", "mse"), (0.1, 1.0), (0, 1), axes={"weight_decay": (0.0, 1e-4)})
+      >>> layout.shape, layout.axis_names
+      ((2, 8), ('learning_rate', 'weight_decay'))
+      >>> layout.configs()[1].as_dict()
+      {'loss': 'ce', 'learning_rate': 0.1, 'weight_decay': 0.0001, 'seed': 0}
+
+    Args:
+      losses: registry names or functions ``loss(logits, labels) -> per-example loss``.
+      learning_rates: the learning-rate axis.
+      seeds: each seed has its own initialisation and minibatch order.
+      axes: other axes, ``{name: values}`` with names from :data:`AXES`.
+      num_devices, num_blocks: the configs of each loss are padded to a multiple of their product
+        (see :meth:`arranged`).
+    """
+
+    losses: tuple[LossLike, ...]
+    learning_rates: tuple[float, ...]
+    seeds: tuple[int, ...]
+    axes: Any = ()  # Mapping[str, Sequence[float]] in, tuple of (name, values) pairs stored
+    num_devices: int = 1
+    num_blocks: int = 1
+
+    def __post_init__(self) -> None:
+        axes = self.axes.items() if isinstance(self.axes, Mapping) else self.axes
+        axes = tuple((name, tuple(values)) for name, values in axes)
+        set_ = lambda name, value: object.__setattr__(self, name, value)
+        set_("axes", axes)
+        set_("losses", tuple(self.losses))
+        set_("learning_rates", tuple(self.learning_rates))
+        set_("seeds", tuple(self.seeds))
+        names = [loss_name(loss) for loss in self.losses]
+        from softcls_jax.losses import get_loss
+
+        for loss in self.losses:
+            if isinstance(loss, str):
+                get_loss(loss)
+            elif not callable(loss):
+                raise ValueError(f"a loss is a registry name or a function, got {loss!r}")
+        checked = [("losses", tuple(names)), ("learning rates", self.learning_rates),
+                   ("seeds", self.seeds)] + [(f"{n} values", v) for n, v in axes]  # fmt: skip
+        for what, values in checked:
+            if not values:
+                raise ValueError(f"a grid needs at least one of {what}")
+            if len(set(values)) != len(values):
+                raise ValueError(f"{what} must not repeat, got {list(values)}")
+        for lr in self.learning_rates:
+            if not isinstance(lr, (int, float, np.integer, np.floating)) or isinstance(lr, bool):
+                raise ValueError(f"learning rate must be a number, got {lr!r}")
+            problem = AXES["learning_rate"].problem(lr)
+            if problem is not None:
+                raise ValueError(f"learning rate {problem}")
+        for seed in self.seeds:
+            if not _is_int(seed) or not 0 <= seed < 2**32:
+                raise ValueError(f"seeds must be integers >= 0 (and < 2**32), got {seed!r}")
+        seen = set()
+        for name, values in axes:
+            if name not in AXES or name == "learning_rate":
+                valid = [n for n in AXES if n != "learning_rate"]
+                raise ValueError(
+                    f"unknown axis {name!r}; valid axes: {valid} (learning rates have their own "
+                    "argument)"
+                )
+            if name in seen:
+                raise ValueError(f"axis {name!r} is given twice")
+            seen.add(name)
+            for v in values:
+                AXES[name].check(v)
+            if name in LOSS_AXES and "square" not in names:
+                raise ValueError(f"axis {name!r} is read by the square loss only; add 'square'")
+        for name in ("num_devices", "num_blocks"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+    # ---------------------------------------------------------------- the configs
+
+    @property
+    def loss_names(self) -> tuple[str, ...]:
+        return tuple(loss_name(loss) for loss in self.losses)
+
+    @property
+    def axis_names(self) -> tuple[str, ...]:
+        """``("learning_rate", *other axes)``: the order of axis values inside a loss group."""
+        return ("learning_rate", *(name for name, _ in self.axes))
+
+    @property
+    def axis_values(self) -> tuple[tuple[float, ...], ...]:
+        return (tuple(map(float, self.learning_rates)),
+                *(tuple(map(float, v)) for _, v in self.axes))  # fmt: skip
+
+    def combos(self) -> list[tuple[float, ...]]:
+        """The ``R`` combinations of axis values, row-major in :attr:`axis_names`."""
+        return list(itertools.product(*self.axis_values))
+
+    @property
+    def group_size(self) -> int:
+        """``R'``: combinations per loss group, padded to a multiple of devices × blocks."""
+        parts = self.num_devices * self.num_blocks
+        return -(-len(self.combos()) // parts) * parts
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(S, K)`` of the real configs."""
+        return len(self.seeds), len(self.losses) * len(self.combos())
+
+    @property
+    def padded_shape(self) -> tuple[int, int]:
+        """``(S, K')`` of the arrays in the program."""
+        return len(self.seeds), len(self.losses) * self.group_size
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    def configs(self) -> list[Config]:
+        """Every real config, in ``(S, K)`` row-major order."""
+        return [
+            Config(loss, int(seed), tuple(zip(self.axis_names, combo, strict=True)))
+            for seed in self.seeds
+            for loss in self.loss_names
+            for combo in self.combos()
+        ]
+
+    @property
+    def real_k(self) -> np.ndarray:
+        """``(K,)``: the padded index of each real config's K position."""
+        r, rp = len(self.combos()), self.group_size
+        return np.array([g * rp + i for g in range(len(self.losses)) for i in range(r)])
+
+    def index(self, loss: str, seed: int, **values: float) -> tuple[int, int]:
+        """``(s, k)`` of a config in the real ``(S, K)`` layout; every axis value must be given."""
+        key = dict(loss=loss, seed=seed, **values)
+        for s_k, config in zip(np.ndindex(*self.shape), self.configs(), strict=True):
+            if config.as_dict() == key:
+                return s_k
+        raise ValueError(f"no config {key} in this grid")
+
+    def hparams(self) -> dict[str, np.ndarray]:
+        """Every axis's value per padded config: ``{name: (S, K') float32}``."""
+        combos = self.combos()
+        padded = combos + [combos[-1]] * (self.group_size - len(combos))
+        per_k = np.array(padded * len(self.losses), np.float64).reshape(-1, len(self.axis_names))
+        s = len(self.seeds)
+        return {
+            name: np.broadcast_to(per_k[:, j].astype(np.float32), (s, per_k.shape[0])).copy()
+            for j, name in enumerate(self.axis_names)
+        }
+
+    def loss_of_k(self) -> np.ndarray:
+        """``(K',)`` int32: the loss group of each padded config."""
+        return np.repeat(np.arange(len(self.losses), dtype=np.int32), self.group_size)
+
+    # ---------------------------------------------------------------- arrangement
+
+    def arranged(self, num_devices: int, block_configs: int) -> Layout:
+        """This grid arranged for ``num_devices`` devices, or on one device in cache blocks of at
+        most ``block_configs`` configs (0: one block). Each part holds the same number of axis
+        combinations of every loss."""
+        blocks, per_loss = 1, len(self.combos())
+        if num_devices == 1 and 0 < block_configs < len(self.losses) * per_loss:
+            blocks = -(-per_loss // max(1, block_configs // len(self.losses)))
+        return dataclasses.replace(self, num_devices=num_devices, num_blocks=blocks)
+
+    def describe(self) -> str:
+        """``"2 losses × 2 learning rates × 2 weight_decay × 3 seeds = 24 configs"``."""
+        parts = [f"{len(self.losses)} losses", f"{len(self.learning_rates)} learning rates"]
+        parts += [f"{len(v)} {name}" for name, v in self.axes]
+        parts.append(f"{len(self.seeds)} seeds")
+        return " × ".join(parts) + f" = {self.size} configs"
