@@ -2,7 +2,7 @@
 
 Pure functions (labels, losses, closed-form gradients, metrics) that compose with ``jax.grad``,
 ``jax.jit`` and ``jax.vmap``. ``softmax`` and ``log_softmax`` are JAX's own (``jax.nn``), re-exported
-here so that the whole vocabulary of the seeds is in one namespace.
+here so that the whole vocabulary of the claims (``docs/claims.md``, C1–C17) is in one namespace.
 """
 
 from jax.nn import log_softmax, softmax
