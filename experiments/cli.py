@@ -52,9 +52,9 @@ def numbers(flag: str, texts: list[str], kind: type = float) -> tuple:
     return tuple(number(flag, t, kind) for t in texts)
 
 
-def make_workdir(path: str) -> pathlib.Path:
-    """Creates the output directory; FlagError naming --workdir if it cannot be written."""
+def make_workdir(path: str, flag: str = "workdir") -> pathlib.Path:
+    """Creates the output directory; FlagError naming ``--flag`` if it cannot be written."""
     try:
         return writable_dir(path)
     except OSError as e:
-        raise FlagError("workdir", f"cannot write to {path}: {e.strerror or e}") from None
+        raise FlagError(flag, f"cannot write to {path}: {e.strerror or e}") from None
