@@ -1,12 +1,15 @@
-"""What every experiment's command line shares: bad flags exit 2 with one line, never a traceback."""
+"""What every experiment's command line shares: bad flags exit 2 with one line, never a traceback,
+and quiet logs (warnings and errors only) unless absl's --verbosity asks for more."""
 
 from __future__ import annotations
 
+import logging
 import math
 import pathlib
 import sys
 
 from absl import flags
+from absl import logging as absl_logging
 
 from softcls_jax.files import writable_dir
 
@@ -24,12 +27,32 @@ def fail(message: str) -> None:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parser, but a bad flag exits with status 2 and one line instead of a usage dump."""
+    """absl's parser, but a bad flag exits with status 2 and one line instead of a usage dump.
+
+    Also sets the log levels (see :func:`quiet_logs`): ``app.run`` calls this before ``main``, so
+    before the first JAX computation initialises a backend.
+    """
     try:
-        return flags.FLAGS(argv)
+        rest = flags.FLAGS(argv)
     except flags.Error as e:
         fail(str(e))
         raise  # unreachable
+    quiet_logs()
+    return rest
+
+
+def quiet_logs() -> None:
+    """Warnings and errors only, unless ``--verbosity`` (``-v``) was given on the command line.
+
+    absl's default verbosity, 0, is INFO, and JAX logs INFO lines while it picks a backend (e.g.
+    "Unable to initialize backend 'tpu' ... libtpu.so" on every machine without a TPU), which would
+    end up on every run's stderr. An explicit ``--verbosity`` keeps absl's levels untouched.
+    """
+    if flags.FLAGS["verbosity"].present:
+        logging.getLogger("jax").setLevel(logging.NOTSET)  # inherit absl's level again
+        return
+    absl_logging.set_verbosity(absl_logging.WARNING)  # the root logger, under app.run's handler
+    logging.getLogger("jax").setLevel(logging.WARNING)  # also where absl's handler is not installed
 
 
 def number(flag: str, text: str, kind: type = float, minimum: float | None = None) -> float | int:
@@ -52,9 +75,9 @@ def numbers(flag: str, texts: list[str], kind: type = float) -> tuple:
     return tuple(number(flag, t, kind) for t in texts)
 
 
-def make_workdir(path: str) -> pathlib.Path:
-    """Creates the output directory; FlagError naming --workdir if it cannot be written."""
+def make_workdir(path: str, flag: str = "workdir") -> pathlib.Path:
+    """Creates the output directory; FlagError naming ``--flag`` if it cannot be written."""
     try:
         return writable_dir(path)
     except OSError as e:
-        raise FlagError("workdir", f"cannot write to {path}: {e.strerror or e}") from None
+        raise FlagError(flag, f"cannot write to {path}: {e.strerror or e}") from None

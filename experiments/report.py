@@ -1,16 +1,21 @@
 r"""Runs every experiment and gathers their figures and numbers into one report.md.
 
-  python -m experiments.report            # the full settings (about 15 minutes on 2 CPU cores)
-  python -m experiments.report --fast     # a quick look (a couple of minutes), smaller settings
+  python -m experiments.report                          # full settings (~15 minutes on 2 CPU cores)
+  python -m experiments.report --fast                   # a quick look (a couple of minutes)
+  python -m experiments.report --publish=docs/report    # full settings, then update the docs
 
-Each experiment runs as its own process (``python -m experiments.NAME``) into a folder of --workdir;
-the report embeds their PNGs and sets every number beside its reference value.
+Each experiment runs as its own process (``python -m experiments.NAME``) into a folder of --workdir
+(``runs/report``, git-ignored), beside its stdout log and checkpoints; the report embeds their PNGs
+and sets every number beside its reference value. ``--publish=DIR`` then copies report.md and only the
+PNGs it embeds, at the same relative paths, into DIR, so the published copy's links resolve and no run
+output (logs, checkpoints, per-run folders) ever lands in the docs.
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -20,6 +25,7 @@ from absl import app, flags
 
 from experiments.cli import FlagError, fail, make_workdir, parse_flags
 from experiments.formatting import confident_start_row
+from softcls_jax.files import atomic_write
 from softcls_jax.results import atomic_write_text
 
 FLAGS = flags.FLAGS
@@ -28,6 +34,12 @@ flags.DEFINE_string(
     "workdir", "runs/report", "Output directory: report.md and one folder per experiment."
 )
 flags.DEFINE_list("only", [], "Run only these experiments (default: all).")
+flags.DEFINE_string(
+    "publish",
+    None,
+    "Also copy report.md and the PNGs it embeds (same relative paths) into this directory, "
+    "e.g. docs/report; nothing else of the run.",
+)
 
 FAST = {
     "error_surface": ["--points=81"],
@@ -164,6 +176,33 @@ def render(workdir: pathlib.Path, fast: bool, seconds: dict[str, float]) -> str:
     return "\n".join(out)
 
 
+_IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")  # ![alt](path)
+
+
+def embedded_images(markdown: str) -> list[str]:
+    """The paths of the images ``markdown`` embeds, in order, each once."""
+    return list(dict.fromkeys(_IMAGE.findall(markdown)))
+
+
+def publish(workdir: pathlib.Path, dest: pathlib.Path) -> list[str]:
+    """Copies ``workdir/report.md`` and the images it embeds into ``dest``; returns their paths.
+
+    Relative paths are kept, so the copy's links resolve. Files already in ``dest`` stay: ``dest`` may
+    hold other documents, and a copy never deletes what it did not write.
+    """
+    report = (workdir / "report.md").read_text()
+    images = embedded_images(report)
+    for rel in images:  # the report links its own figures; anything else is a bug in render()
+        path = pathlib.PurePosixPath(rel)
+        if path.is_absolute() or ".." in path.parts or not (workdir / path).is_file():
+            raise RuntimeError(f"report.md embeds {rel!r}, not a figure of {workdir}")
+    for rel in images:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(dest / rel, (workdir / rel).read_bytes())
+    atomic_write_text(dest / "report.md", report)
+    return ["report.md", *images]
+
+
 def main(argv: Sequence[str]) -> None:
     del argv
     unknown = [name for name in FLAGS.only if name not in EXPERIMENTS]
@@ -171,15 +210,21 @@ def main(argv: Sequence[str]) -> None:
         fail(f"--only: unknown experiments {unknown}; expected some of {list(EXPERIMENTS)}")
     try:
         workdir = make_workdir(FLAGS.workdir)
+        # Checked before the runs, so a bad --publish fails in a second, not after 15 minutes.
+        dest = None if FLAGS.publish is None else make_workdir(FLAGS.publish, "publish")
     except FlagError as e:
         fail(str(e))
+    if dest is not None and dest.resolve() == workdir.resolve():
+        fail("--publish: must differ from --workdir (the report is already there)")
     try:
         seconds = run_all(workdir, FLAGS.fast, FLAGS.only)
+        atomic_write_text(workdir / "report.md", render(workdir, FLAGS.fast, seconds))
+        print(f"wrote {workdir}/report.md")
+        if dest is not None:
+            print(f"published {', '.join(publish(workdir, dest))} to {dest}")
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-    atomic_write_text(workdir / "report.md", render(workdir, FLAGS.fast, seconds))
-    print(f"wrote {workdir}/report.md")
 
 
 if __name__ == "__main__":

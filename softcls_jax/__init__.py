@@ -2,8 +2,21 @@
 
 Pure functions (labels, losses, closed-form gradients, metrics) that compose with ``jax.grad``,
 ``jax.jit`` and ``jax.vmap``. ``softmax`` and ``log_softmax`` are JAX's own (``jax.nn``), re-exported
-here so that the whole vocabulary of the seeds is in one namespace. :func:`run_grid` trains a grid
-of losses × hyperparameter axes × seeds (your own models and losses too) as one compiled program.
+here so that the whole vocabulary of the claims (``docs/claims.md``, C1–C17) is in one namespace.
+:func:`run_grid` trains a grid of losses × hyperparameter axes × seeds (your own models and losses
+too) as one compiled program.
+
+Example (C11): a confidently wrong model gets a strong push from cross-entropy and none from MSE.
+
+  >>> import jax, jax.numpy as jnp
+  >>> import softcls_jax as sc
+  >>> logits = jnp.array([[-10.0, 10.0, -1000.0]])  # the label is class 0
+  >>> labels = jnp.array([0])
+  >>> jax.grad(lambda o: sc.cross_entropy(o, labels).sum())(logits)
+  Array([[-1.,  1.,  0.]], dtype=float32)
+  >>> g = jax.grad(lambda o: sc.mse(o, labels).sum())(logits)
+  >>> bool(jnp.abs(g).max() < 1e-7)
+  True
 """
 
 from jax.nn import log_softmax, softmax

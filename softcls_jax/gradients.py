@@ -26,6 +26,11 @@ def softmax_jacobian(logits: Array) -> Array:
 
     Returns:
       ``(..., C, C)``.
+
+    Example:
+      >>> softmax_jacobian(jnp.array([0.0, 0.0]))  # p = (1/2, 1/2)
+      Array([[ 0.25, -0.25],
+             [-0.25,  0.25]], dtype=float32)
     """
     check_logits(logits)
     p = jax.nn.softmax(logits, axis=-1)
@@ -44,6 +49,10 @@ def ce_grad(logits: Array, labels: Array) -> Array:
 
     Returns:
       ``(..., C)``.
+
+    Example:
+      >>> ce_grad(jnp.array([[-10.0, 10.0, -1000.0]]), jnp.array([0]))  # confidently wrong
+      Array([[-1.,  1.,  0.]], dtype=float32)
     """
     return jax.nn.softmax(logits, axis=-1) - as_probabilities(logits, labels)
 
@@ -57,6 +66,11 @@ def mse_grad(logits: Array, labels: Array) -> Array:
 
     Returns:
       ``(..., C)``.
+
+    Example:
+      >>> g = mse_grad(jnp.array([[-10.0, 10.0, -1000.0]]), jnp.array([0]))  # confidently wrong
+      >>> bool(jnp.abs(g).max() < 1e-7)  # no update, unlike ce_grad's -1 (C11)
+      True
     """
     p = jax.nn.softmax(logits, axis=-1)
     d = p - as_probabilities(logits, labels)
@@ -72,18 +86,33 @@ def square_loss_grad(logits: Array, labels: Array, k: float = 1.0, m: float = 1.
 
     Returns:
       ``(..., C)``.
+
+    Example:
+      >>> g = square_loss_grad(jnp.array([[2.0, 0.0, -1.0]]), jnp.array([0]))  # (2/3) (o - y)
+      >>> [round(v, 4) for v in g[0].tolist()]
+      [0.6667, 0.0, -0.6667]
     """
     y = as_probabilities(logits, labels)
     return 2.0 / logits.shape[-1] * (1.0 + (k - 1.0) * y) * (logits - m * y)
 
 
 def softmax_target_derivative(p_target: Array) -> Array:
-    """``∂ŷ_p/∂z_p = ŷ_p (1 - ŷ_p)``: the target probability's derivative on its own logit (C11)."""
+    """``∂ŷ_p/∂z_p = ŷ_p (1 - ŷ_p)``: the target probability's derivative on its own logit (C11).
+
+    Example:
+      >>> softmax_target_derivative(jnp.array([0.5, 1.0]))
+      Array([0.25, 0.  ], dtype=float32)
+    """
     return p_target * (1.0 - p_target)
 
 
 def ce_target_path_grad(p_target: Array) -> Array:
-    """The seeds' CE term ``∂L/∂z_p = ŷ_p - 1`` (C11): ``-1`` when confidently wrong, never vanishing."""
+    """The seeds' CE term ``∂L/∂z_p = ŷ_p - 1`` (C11): ``-1`` when confidently wrong, never vanishing.
+
+    Example:
+      >>> [round(v, 4) for v in ce_target_path_grad(jnp.array([1e-4, 0.5])).tolist()]
+      [-0.9999, -0.5]
+    """
     return p_target - 1.0
 
 
@@ -92,6 +121,10 @@ def mse_target_path_grad(p_target: Array) -> Array:
 
     This is the target-path product ``∂L/∂ŷ_p · ∂ŷ_p/∂z_p`` of the seeds (it leaves out the paths
     through the other probabilities; :func:`mse_grad` has the full gradient).
+
+    Example:
+      >>> [round(v, 4) for v in mse_target_path_grad(jnp.array([1e-4, 0.5])).tolist()]
+      [-0.0002, -0.25]
     """
     return -2.0 * p_target * jnp.square(1.0 - p_target)
 
@@ -100,6 +133,11 @@ def linear_logits(params: Params, x: Array) -> Array:
     """Softmax regression logits ``z = x W + b`` with ``params = {"kernel": (D, C), "bias": (C,)}``.
 
     The kernel is the transpose of the seeds' ``Θ`` (``z = Θ x``), as in Flax's ``Linear``.
+
+    Example:
+      >>> params = {"kernel": jnp.array([[1.0, -1.0]]), "bias": jnp.array([0.5, 0.0])}
+      >>> linear_logits(params, jnp.array([[2.0]]))
+      Array([[ 2.5, -2. ]], dtype=float32)
     """
     return x @ params["kernel"] + params["bias"]
 
@@ -120,12 +158,25 @@ def linear_model_grads(params: Params, x: Array, labels: Array) -> Params:
 
     Returns:
       A pytree shaped like ``params``.
+
+    Example:
+      >>> params = {"kernel": jnp.zeros((1, 2)), "bias": jnp.zeros(2)}  # p = (1/2, 1/2)
+      >>> grads = linear_model_grads(params, jnp.array([[2.0]]), jnp.array([0]))
+      >>> grads["kernel"], grads["bias"]  # (p - y) x and p - y
+      (Array([[-1.,  1.]], dtype=float32), Array([-0.5,  0.5], dtype=float32))
     """
     residual = ce_grad(linear_logits(params, x), labels) / x.shape[0]  # (N, C)
     return {"kernel": x.T @ residual, "bias": jnp.sum(residual, axis=0)}
 
 
 def gd_step(params: Params, x: Array, labels: Array, learning_rate: float) -> Params:
-    """One hand-written gradient-descent step ``θ_k ← θ_k - η (p_k - y_k) x`` (C9), batch-averaged."""
+    """One hand-written gradient-descent step ``θ_k ← θ_k - η (p_k - y_k) x`` (C9), batch-averaged.
+
+    Example:
+      >>> params = {"kernel": jnp.zeros((1, 2)), "bias": jnp.zeros(2)}
+      >>> new = gd_step(params, jnp.array([[2.0]]), jnp.array([0]), learning_rate=0.5)
+      >>> new["kernel"], new["bias"]  # θ - 0.5 · (p - y) x
+      (Array([[ 0.5, -0.5]], dtype=float32), Array([ 0.25, -0.25], dtype=float32))
+    """
     grads = linear_model_grads(params, x, labels)
     return jax.tree.map(lambda w, g: w - learning_rate * g, params, grads)

@@ -48,6 +48,12 @@ def check_labels(labels: Array | np.ndarray, num_classes: int) -> None:
 
     Raises:
       ValueError: naming the offending values and the allowed range.
+
+    Example:
+      >>> check_labels(jnp.array([0, 3]), 3)  # jax.nn.one_hot would give a silent zero row
+      Traceback (most recent call last):
+      ...
+      ValueError: labels out of range: [3]; expected integers in [0, 3)
     """
     if not isinstance(num_classes, (int, np.integer)) or isinstance(num_classes, bool):
         raise ValueError(f"num_classes must be a Python int, got {num_classes!r}")
@@ -111,6 +117,11 @@ def label_kind(logits: Array, labels: Array) -> LabelKind:
 
     Raises:
       ValueError: on a shape that fits neither form, a wrong dtype, or bad values (when concrete).
+
+    Example:
+      >>> logits = jnp.zeros((2, 3))
+      >>> label_kind(logits, jnp.array([0, 2])), label_kind(logits, jnp.full((2, 3), 1 / 3))
+      ('int', 'probs')
     """
     check_logits(logits)
     batch, num_classes = logits.shape[:-1], logits.shape[-1]
@@ -165,6 +176,10 @@ def smooth_labels(targets: Array, alpha: float) -> Array:
 
     Returns:
       ``(..., C)`` smoothed probability vectors (each row still sums to 1).
+
+    Example:
+      >>> [round(v, 4) for v in smooth_labels(one_hot(jnp.array([1]), 3), 0.3)[0].tolist()]
+      [0.1, 0.8, 0.1]
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"label smoothing alpha must be in [0, 1], got {alpha}")
@@ -187,6 +202,12 @@ def corrupt_labels(key: Array, labels: Array, num_classes: int, fraction: float)
 
     Returns:
       ``(N,)`` labels, same dtype.
+
+    Example:
+      >>> labels = jnp.arange(10) % 3
+      >>> noisy = corrupt_labels(jax.random.key(0), labels, 3, 0.3)
+      >>> int((noisy != labels).sum())  # exactly round(0.3 · 10) flips
+      3
     """
     check_labels(labels, num_classes)
     if not 0.0 <= fraction <= 1.0:

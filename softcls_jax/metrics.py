@@ -30,6 +30,10 @@ def predict(logits: Array) -> Array:
 
     Returns:
       ``(...,)`` int32 class ids.
+
+    Example:
+      >>> predict(jnp.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.2]]))
+      Array([0, 1], dtype=int32)
     """
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
@@ -41,17 +45,32 @@ def _class_ids(logits: Array, labels: Array) -> Array:
 
 
 def accuracy(logits: Array, labels: Array) -> Array:
-    """Share of examples whose :func:`predict` equals the label: ``(1/N) Σ_i [argmax o_i = y_i]``."""
+    """Share of examples whose :func:`predict` equals the label: ``(1/N) Σ_i [argmax o_i = y_i]``.
+
+    Example:
+      >>> accuracy(jnp.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.2]]), jnp.array([0, 2]))
+      Array(0.5, dtype=float32)
+    """
     return jnp.mean(predict(logits) == _class_ids(logits, labels))
 
 
 def nll(logits: Array, labels: Array) -> Array:
-    """Negative log-likelihood of the labels, ``-(1/N) Σ_i log ŷ_{i, y_i}`` = mean cross-entropy (C6)."""
+    """Negative log-likelihood of the labels, ``-(1/N) Σ_i log ŷ_{i, y_i}`` = mean cross-entropy (C6).
+
+    Example:
+      >>> print(f"{nll(jnp.log(jnp.array([[0.5, 0.5], [0.8, 0.2]])), jnp.array([0, 0])):.4f}")
+      0.4581
+    """
     return jnp.mean(cross_entropy(logits, labels))
 
 
 def brier(logits: Array, labels: Array) -> Array:
-    """Multi-class Brier score ``(1/N) Σ_i Σ_c (ŷ_ic - y_ic)²`` (the seeds' MSE, averaged)."""
+    """Multi-class Brier score ``(1/N) Σ_i Σ_c (ŷ_ic - y_ic)²`` (the seeds' MSE, averaged).
+
+    Example:
+      >>> print(f"{brier(jnp.log(jnp.array([[0.5, 0.5], [0.8, 0.2]])), jnp.array([0, 0])):.4f}")
+      0.2900
+    """
     return jnp.mean(mse(logits, labels))
 
 
@@ -84,6 +103,14 @@ def reliability_bins(logits: Array, labels: Array, num_bins: int = ECE_BINS) -> 
 
     Returns:
       :class:`ReliabilityBins`.
+
+    Example:
+      >>> logits = jnp.log(jnp.array([[0.6, 0.4], [0.4, 0.6]]))  # both at confidence 0.6
+      >>> bins = reliability_bins(logits, jnp.array([0, 0]), num_bins=5)
+      >>> bins.counts  # 0.6 falls in (0.4, 0.6], bin 2, not (0.6, 0.8]
+      Array([0., 0., 2., 0., 0.], dtype=float32)
+      >>> print(f"confidence {bins.confidence[2]:.2f}, accuracy {bins.accuracy[2]:.2f}")
+      confidence 0.60, accuracy 0.50
     """
     if num_bins < 1:
         raise ValueError(f"num_bins must be >= 1, got {num_bins}")
@@ -113,6 +140,11 @@ def ece(logits: Array, labels: Array, num_bins: int = ECE_BINS) -> Array:
 
     Returns:
       Scalar in ``[0, 1]``.
+
+    Example:
+      >>> logits = jnp.log(jnp.array([[0.6, 0.4], [0.4, 0.6]]))  # confidence 0.6, half right
+      >>> print(f"{ece(logits, jnp.array([0, 0])):.4f}")  # |0.5 - 0.6|
+      0.1000
     """
     bins = reliability_bins(logits, labels, num_bins)
     weights = bins.counts / jnp.sum(bins.counts)
@@ -136,6 +168,12 @@ def fit_temperature(
 
     Returns:
       Scalar temperature.
+
+    Example:
+      >>> logits, labels = jnp.array([[2.0, 0.0]] * 4), jnp.array([0, 0, 0, 1])  # 75 % right
+      >>> t = fit_temperature(logits, labels)  # softmax(2/T) = 0.75: T = 2 / log 3
+      >>> print(f"T = {t:.2f}, confidence {jax.nn.softmax(logits / t)[0, 0]:.2f}")
+      T = 1.82, confidence 0.75
     """
     if not 0.0 < min_t < max_t:
         raise ValueError(f"need 0 < min_t < max_t, got {min_t}, {max_t}")

@@ -1,4 +1,4 @@
-"""One test per claim of ../shared/seeds/CLAIMS.md that the functional core implements."""
+"""One test per claim of docs/claims.md that the functional core implements."""
 
 import jax
 import jax.numpy as jnp

@@ -64,6 +64,22 @@ def test_report_fast_subset(tmp_path):
     assert "## 2. Gradient against confidence (C11)" in report
 
 
+def test_report_publish_copies_only_the_report_and_its_figures(tmp_path):
+    run, docs = tmp_path / "run", tmp_path / "docs"
+    proc = _run("report", "--fast", "--only=error_surface,gradients", f"--workdir={run}",
+                f"--publish={docs}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    published = sorted(str(p.relative_to(docs)) for p in docs.rglob("*") if p.is_file())
+    figures = ["error_surface/error_surface.png", "gradients/gradients.png"]
+    assert published == sorted(["report.md", *figures])  # no JSON, stdout log or checkpoint
+    report = (docs / "report.md").read_text()
+    assert report == (run / "report.md").read_text()
+    for figure in figures:  # the links resolve in the published copy
+        assert f"]({figure})" in report
+        assert (docs / figure).read_bytes() == (run / figure).read_bytes()
+    assert (run / "gradients" / "stdout.txt").exists()  # run output stays in the workdir
+
+
 @pytest.mark.parametrize(
     ("module", "args", "message"),
     [
@@ -73,6 +89,7 @@ def test_report_fast_subset(tmp_path):
         ("label_noise", ["--fractions=0,1.2"], "--fractions: each must be in [0, 1)"),
         ("mnist1d_baselines", ["--models=gru"], "--models: unknown model 'gru'"),
         ("report", ["--only=nope"], "--only: unknown experiments ['nope']"),
+        ("report", ["--publish=/proc/nope"], "--publish: cannot write to /proc/nope"),
     ],
 )
 def test_experiment_bad_flags(module, args, message, tmp_path):
