@@ -173,7 +173,9 @@ def spec_from_flags() -> SweepSpec:
     try:
         spec.validate()
     except SettingError as e:
-        raise FlagError(flag_of(e.setting), str(e)) from None
+        flag = flag_of(e.setting)
+        named = flag == "axis" and e.setting in AXES and not str(e).startswith(e.setting)
+        raise FlagError(flag, f"{e.setting} {e}" if named else str(e)) from None
     return spec
 
 

@@ -54,7 +54,7 @@ class Axis:
         v = abs(
             float(value)
         )  # float32 holds every value the program sees: none may become 0 or inf
-        if v != 0 and not np.finfo(np.float32).tiny <= v <= np.finfo(np.float32).max:
+        if v != 0 and not float(np.finfo(np.float32).tiny) <= v <= float(np.finfo(np.float32).max):
             return f"{value!r} is outside float32's range"
         return None
 
