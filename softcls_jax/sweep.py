@@ -20,8 +20,7 @@ import jax
 import numpy as np
 
 from softcls_jax import checkpoint, data, models, runner
-from softcls_jax.engine import AXES, Layout, TrainSettings
-from softcls_jax.engine.driver import check_compatible
+from softcls_jax.engine import AXES, Layout, TrainSettings, check_compatible
 from softcls_jax.files import writable_dir
 from softcls_jax.losses import LOSSES
 from softcls_jax.optim import OPTIMIZERS, SCHEDULES

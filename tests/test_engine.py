@@ -9,7 +9,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from softcls_jax import data, engine, losses, models
-from softcls_jax.engine import step
+from softcls_jax.engine import batches, step
 
 
 @functools.cache
@@ -26,7 +26,7 @@ def _trainer(grid, steps=40, eval_every=20, hidden=(16,), model="mlp", optimizer
 def _batch_index(trainer):
     """The per-step definition of a seed's minibatch, for this trainer's data and batch size."""
     n = trainer.dataset.x_train.shape[0]
-    return lambda key, t: step.batch_index(key, t, n, trainer.settings.batch_size)
+    return lambda key, t: batches.batch_index(key, t, n, trainer.settings.batch_size)
 
 
 def test_compilations_do_not_depend_on_learning_rates_seeds_or_losses():
@@ -62,7 +62,7 @@ def test_common_random_numbers():
 def test_chunk_batch_indices_equal_the_per_step_definition():
     trainer = _trainer(engine.Layout(("ce",), (0.1,), (0, 3)), batch=100)  # 14 steps per epoch
     key, n = trainer.data_keys[1], digits().x_train.shape[0]
-    chunk = jax.jit(step.batch_indices, static_argnums=(2, 3, 4))(
+    chunk = jax.jit(batches.batch_indices, static_argnums=(2, 3, 4))(
         key, jnp.int32(9), 40, n, 100
     )  # crosses 3 epochs
     per_step = jnp.stack([_batch_index(trainer)(key, jnp.int32(t)) for t in range(9, 49)])

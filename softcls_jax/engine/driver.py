@@ -9,7 +9,6 @@ replicated; on several hosts the same code runs in every process after ``jax.dis
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -23,54 +22,15 @@ from jax.sharding import Mesh
 
 from softcls_jax import losses as losses_lib
 from softcls_jax.data import Dataset, with_label_noise
-from softcls_jax.engine import step
+from softcls_jax.engine import batches, evaluate, step
 from softcls_jax.engine.layout import LOSS_AXES, Layout
+from softcls_jax.engine.settings import TrainSettings, check_compatible, is_int
 from softcls_jax.engine.step import Data, GridState
 from softcls_jax.labels import check_labels
 from softcls_jax.models import Model
-from softcls_jax.optim import OPTIMIZERS, SCHEDULES, make_optimizer
+from softcls_jax.optim import make_optimizer
 
 CPU_BLOCK = 64  # configs per cache block on CPU: the best throughput of G = 16 … 1024 (ref. MLP)
-
-
-def _is_int(x: object) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainSettings:
-    """What every config of a grid shares besides model, data and its axis values."""
-
-    optimizer: str = "sgd"
-    steps: int = 2000
-    batch_size: int = 128
-    eval_every: int = 200
-    schedule: str = "constant"  # or "cosine" (to 0 at the last step); see optim.schedule_factor
-    data_seed: int = 0  # seeds the label noise
-    checked: bool = False  # checkify the label range inside the compiled chunk
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(
-                f"unknown optimizer {self.optimizer!r}; expected one of {list(OPTIMIZERS)}"
-            )
-        if self.schedule not in SCHEDULES:
-            raise ValueError(
-                f"unknown schedule {self.schedule!r}; expected one of {list(SCHEDULES)}"
-            )
-        for name in ("steps", "batch_size", "eval_every"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if not _is_int(self.data_seed) or not 0 <= self.data_seed < 2**32:
-            raise ValueError(f"data_seed must be an integer in [0, 2**32), got {self.data_seed!r}")
-
-
-def check_compatible(layout: Layout, settings: TrainSettings) -> None:
-    """``ValueError`` if the layout's axis values do not fit the settings (warm-up within steps)."""
-    warmup = max(dict(layout.axes).get("warmup_steps", [0]))
-    if warmup >= settings.steps:
-        raise ValueError(f"warmup_steps must be < steps ({settings.steps}), got {warmup:g}")
 
 
 def _loss_fn(loss: Any) -> Callable[..., jax.Array]:
@@ -125,7 +85,7 @@ class Trainer:
         self.devices = list(jax.devices() if devices is None else devices)
         if block_configs is None:
             block_configs = CPU_BLOCK if self.devices[0].platform == "cpu" else 0
-        if not _is_int(block_configs) or block_configs < 0:
+        if not is_int(block_configs) or block_configs < 0:
             raise ValueError(f"block_configs must be an integer >= 0, got {block_configs!r}")
         self.layout = layout.arranged(len(self.devices), block_configs)
         self.mesh = Mesh(np.array(self.devices), ("configs",)) if len(self.devices) > 1 else None
@@ -157,8 +117,8 @@ class Trainer:
         self.compile_seconds = 0.0
         self._compiled: dict[Any, Any] = {}  # "init", "eval", ("chunk"/"indices", steps) -> exe
         self._init_fn = jax.jit(functools.partial(step.init, self.program))
-        self._eval_fn = jax.jit(functools.partial(step.evaluate, self.program))
-        indices = lambda key, first, n: step.batch_indices(
+        self._eval_fn = jax.jit(functools.partial(evaluate.evaluate, self.program))
+        indices = lambda key, first, n: batches.batch_indices(
             key, first, n, n_train, settings.batch_size
         )
         self._indices_fn = jax.jit(jax.vmap(indices, (0, None, None), 1), static_argnums=2)

@@ -30,7 +30,6 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from softcls_jax import metrics
 from softcls_jax.labels import check_labels_in_graph
 from softcls_jax.models import Model, scale_kernels
 from softcls_jax.optim import Optimizer, schedule_factor
@@ -113,14 +112,14 @@ def sharding(mesh: Mesh, ndim: int) -> NamedSharding:
     return NamedSharding(mesh, P(None, "configs") if ndim >= 2 else P())
 
 
-def _constrain(program: Program, tree: Any, replicated: bool = False) -> Any:
+def constrain(program: Program, tree: Any, replicated: bool = False) -> Any:
     if program.mesh is None:
         return tree
     rule = lambda x: sharding(program.mesh, 0 if replicated else x.ndim)
     return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, rule(x)), tree)
 
 
-# ------------------------------------------------------------------ init and minibatches
+# ------------------------------------------------------------------ init
 
 
 def init(program: Program, init_keys: Array, hparams: dict[str, Array]) -> GridState:
@@ -139,34 +138,7 @@ def init(program: Program, init_keys: Array, hparams: dict[str, Array]) -> GridS
     opt_state = jax.vmap(jax.vmap(program.optimizer.init))(params)
     diverged_at = jnp.full((s, k), -1, jnp.int32)
     state = GridState(params, opt_state, hparams, diverged_at, jnp.zeros((), jnp.int32))
-    return _constrain(program, state)
-
-
-def batch_index(data_key: Array, step: Array, num_train: int, batch_size: int) -> Array:
-    """Minibatch ``step`` of one seed: ``(B,)`` indices from a permutation per epoch, remainder
-    dropped. The definition; :func:`batch_indices` computes a chunk's worth at once."""
-    per_epoch = num_train // batch_size
-    perm = jax.random.permutation(jax.random.fold_in(data_key, step // per_epoch), num_train)
-    return jax.lax.dynamic_slice_in_dim(perm, (step % per_epoch) * batch_size, batch_size)
-
-
-def batch_indices(
-    data_key: Array, first_step: Array, num_steps: int, num_train: int, batch_size: int
-) -> Array:
-    """:func:`batch_index` for ``num_steps`` steps: ``(num_steps, B)``, one permutation per epoch
-    the chunk touches instead of one per step (the sort was ~14 % of a step)."""
-    per_epoch = num_train // batch_size
-    first_epoch = first_step // per_epoch
-    num_epochs = (num_steps - 1) // per_epoch + 2  # static bound on the epochs a chunk touches
-    epochs = first_epoch + jnp.arange(num_epochs, dtype=jnp.int32)
-    perms = jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(data_key, e), num_train))(
-        epochs
-    )
-    steps = first_step + jnp.arange(num_steps, dtype=jnp.int32)
-    rows, starts = steps // per_epoch - first_epoch, (steps % per_epoch) * batch_size
-    return jax.vmap(lambda r, s: jax.lax.dynamic_slice_in_dim(perms[r], s, batch_size))(
-        rows, starts
-    )
+    return constrain(program, state)
 
 
 # ------------------------------------------------------------------ one step
@@ -347,46 +319,4 @@ def chunk(
     alive = diverged_at < 0
     out = {"train_loss": jnp.where(alive, jnp.mean(loss, axis=0), jnp.nan),
            "grad_norm": jnp.where(alive, jnp.mean(grad_norm, axis=0), jnp.nan)}  # fmt: skip
-    return _constrain(program, new_state), _constrain(program, out, replicated=True)
-
-
-# ------------------------------------------------------------------ evaluation
-
-
-def evaluate(program: Program, state: GridState, data: Data, loss_ids: Array) -> dict[str, Array]:
-    """Test and train metrics of every config, ``(S, K')`` (NaN once diverged).
-
-    ``loss_ids``: ``(K',)`` int32, each config's loss group. Configs are evaluated one at a time by
-    ``lax.map`` (a config's metrics never depend on its neighbours'); a config's test loss is its own
-    loss (with its k, M) on the true labels, its train metrics on its own (noisy) labels.
-    """
-
-    def one(args):
-        params, loss_id, hp = args
-        test_logits = program.model.apply(params, data.x_test)
-        train_logits = program.model.apply(params, data.x_train)
-        branches = [
-            lambda o, y, hp, fn=fn, extra=extra: fn(o, y, **{kw: hp[a] for a, kw in extra})
-            for fn, extra in zip(program.losses, program.loss_hparams, strict=True)
-        ]
-        own_loss = (branches[0](test_logits, data.y_test, hp) if len(branches) == 1
-                    else jax.lax.switch(loss_id, branches, test_logits, data.y_test, hp))  # fmt: skip
-        y_train = data.y_train[0]
-        if data.y_train.shape[0] > 1:
-            y_train = data.y_train[jnp.argmax(hp["label_noise"] == data.noise_levels)]
-        return {
-            "test_loss": jnp.mean(own_loss),
-            "test_nll": metrics.nll(test_logits, data.y_test),
-            "test_accuracy": metrics.accuracy(test_logits, data.y_test),
-            "test_ece": metrics.ece(test_logits, data.y_test),
-            "train_nll": metrics.nll(train_logits, y_train),
-            "train_accuracy": metrics.accuracy(train_logits, y_train),
-        }
-
-    s, k = state.diverged_at.shape
-    flat = lambda x: x.reshape(s * k, *x.shape[2:])
-    args = (jax.tree.map(flat, state.params), jnp.tile(loss_ids, s),
-            jax.tree.map(flat, state.hparams))  # fmt: skip
-    out = {name: v.reshape(s, k) for name, v in jax.lax.map(one, args).items()}
-    alive = state.diverged_at < 0
-    return _constrain(program, {n: jnp.where(alive, v, jnp.nan) for n, v in out.items()}, True)
+    return constrain(program, new_state), constrain(program, out, replicated=True)

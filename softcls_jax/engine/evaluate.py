@@ -1,0 +1,50 @@
+"""Evaluation of every config of a grid: test and train metrics from one compiled program."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from softcls_jax import metrics
+from softcls_jax.engine.step import Data, GridState, Program, constrain
+
+Array = jax.Array
+
+
+def evaluate(program: Program, state: GridState, data: Data, loss_ids: Array) -> dict[str, Array]:
+    """Test and train metrics of every config, ``(S, K')`` (NaN once diverged).
+
+    ``loss_ids``: ``(K',)`` int32, each config's loss group. Configs are evaluated one at a time by
+    ``lax.map`` (a config's metrics never depend on its neighbours'); a config's test loss is its own
+    loss (with its k, M) on the true labels, its train metrics on its own (noisy) labels.
+    """
+
+    def one(args):
+        params, loss_id, hp = args
+        test_logits = program.model.apply(params, data.x_test)
+        train_logits = program.model.apply(params, data.x_train)
+        branches = [
+            lambda o, y, hp, fn=fn, extra=extra: fn(o, y, **{kw: hp[a] for a, kw in extra})
+            for fn, extra in zip(program.losses, program.loss_hparams, strict=True)
+        ]
+        own_loss = (branches[0](test_logits, data.y_test, hp) if len(branches) == 1
+                    else jax.lax.switch(loss_id, branches, test_logits, data.y_test, hp))  # fmt: skip
+        y_train = data.y_train[0]
+        if data.y_train.shape[0] > 1:
+            y_train = data.y_train[jnp.argmax(hp["label_noise"] == data.noise_levels)]
+        return {
+            "test_loss": jnp.mean(own_loss),
+            "test_nll": metrics.nll(test_logits, data.y_test),
+            "test_accuracy": metrics.accuracy(test_logits, data.y_test),
+            "test_ece": metrics.ece(test_logits, data.y_test),
+            "train_nll": metrics.nll(train_logits, y_train),
+            "train_accuracy": metrics.accuracy(train_logits, y_train),
+        }
+
+    s, k = state.diverged_at.shape
+    flat = lambda x: x.reshape(s * k, *x.shape[2:])
+    args = (jax.tree.map(flat, state.params), jnp.tile(loss_ids, s),
+            jax.tree.map(flat, state.hparams))  # fmt: skip
+    out = {name: v.reshape(s, k) for name, v in jax.lax.map(one, args).items()}
+    alive = state.diverged_at < 0
+    return constrain(program, {n: jnp.where(alive, v, jnp.nan) for n, v in out.items()}, True)

@@ -1,0 +1,50 @@
+"""What every config of a grid shares besides model, data and its axis values."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from softcls_jax.engine.layout import Layout
+from softcls_jax.optim import OPTIMIZERS, SCHEDULES
+
+
+def is_int(x: object) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """What every config of a grid shares besides model, data and its axis values."""
+
+    optimizer: str = "sgd"
+    steps: int = 2000
+    batch_size: int = 128
+    eval_every: int = 200
+    schedule: str = "constant"  # or "cosine" (to 0 at the last step); see optim.schedule_factor
+    data_seed: int = 0  # seeds the label noise
+    checked: bool = False  # checkify the label range inside the compiled chunk
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"unknown optimizer {self.optimizer!r}; expected one of {list(OPTIMIZERS)}"
+            )
+        if self.schedule not in SCHEDULES:
+            raise ValueError(
+                f"unknown schedule {self.schedule!r}; expected one of {list(SCHEDULES)}"
+            )
+        for name in ("steps", "batch_size", "eval_every"):
+            value = getattr(self, name)
+            if not is_int(value) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not is_int(self.data_seed) or not 0 <= self.data_seed < 2**32:
+            raise ValueError(f"data_seed must be an integer in [0, 2**32), got {self.data_seed!r}")
+
+
+def check_compatible(layout: Layout, settings: TrainSettings) -> None:
+    """``ValueError`` if the layout's axis values do not fit the settings (warm-up within steps)."""
+    warmup = max(dict(layout.axes).get("warmup_steps", [0]))
+    if warmup >= settings.steps:
+        raise ValueError(f"warmup_steps must be < steps ({settings.steps}), got {warmup:g}")
