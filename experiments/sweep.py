@@ -31,25 +31,27 @@ from softcls_jax.losses import LOSSES
 from softcls_jax.sweep import SettingError, SweepSpec, run_sweep
 
 FLAGS = flags.FLAGS
+DEFAULTS = SweepSpec()  # every default below comes from the settings object
 flags.DEFINE_string(
-    "loss", "ce", f"Loss(es) to train with: one of {sorted(LOSSES)}, a comma list, or 'all'."
-)
-flags.DEFINE_list("hidden", ["128"], "Hidden layer widths of the mlp, comma separated.")
+    "loss", ",".join(DEFAULTS.losses),
+    f"Loss(es) to train with: one of {sorted(LOSSES)}, a comma list, or 'all'.",
+)  # fmt: skip
+flags.DEFINE_list("hidden", [str(h) for h in DEFAULTS.hidden],
+                  "Hidden layer widths of the mlp, comma separated.")  # fmt: skip
 flags.DEFINE_list(
     "lrs", [], "Explicit learning rates, comma separated; overrides --lr_min/--lr_max/--num_lrs."
 )
-flags.DEFINE_string("lr_min", "1e-3", "Smallest learning rate of the log-spaced range.")
-flags.DEFINE_string("lr_max", "1.0", "Largest learning rate of the log-spaced range.")
+flags.DEFINE_string("lr_min", f"{min(DEFAULTS.learning_rates):g}",
+                    "Smallest learning rate of the log-spaced range.")  # fmt: skip
+flags.DEFINE_string("lr_max", f"{max(DEFAULTS.learning_rates):g}",
+                    "Largest learning rate of the log-spaced range.")  # fmt: skip
+flags.DEFINE_string("num_lrs", str(len(DEFAULTS.learning_rates)),
+                    "Number of log-spaced learning rates from --lr_min to --lr_max.")  # fmt: skip
 flags.DEFINE_string(
-    "num_lrs", "8", "Number of log-spaced learning rates from --lr_min to --lr_max."
-)
-flags.DEFINE_string(
-    "seeds",
-    "3",
+    "seeds", str(len(DEFAULTS.seeds)),
     "Number of seeds (0, 1, ..., counted from --first_seed); each seed has its own init and batch order.",
-)
-flags.DEFINE_string("first_seed", "0", "First seed.")
-DEFAULTS = SweepSpec()
+)  # fmt: skip
+flags.DEFINE_string("first_seed", str(DEFAULTS.seeds[0]), "First seed.")
 for _field in dataclasses.fields(SweepSpec):  # settings with a help text are flags of the same name
     if "help" in _field.metadata:
         flags.DEFINE_string(

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 from absl import app, flags
 
+from experiments.cli import parse_flags
 from softcls_jax import gradients as G
 from softcls_jax import losses
 from softcls_jax.labels import one_hot
@@ -234,4 +235,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -41,8 +41,14 @@ class Trainer:
     """Trains every config of a layout together.
 
     Example:
-      >>> trainer = Trainer(model, dataset, Layout(("ce", "mse"), (0.1, 1.0), (0,)), TrainSettings())
+      >>> from softcls_jax import data, models
+      >>> d = data.load("digits")
+      >>> model = models.make_model("linear", d.num_features, d.num_classes)
+      >>> layout = Layout(("ce", "mse"), (0.1, 1.0), (0,), {"weight_decay": (0.0, 1e-3)})
+      >>> trainer = Trainer(model, d, layout, TrainSettings(steps=100, eval_every=50))
       >>> state, history = trainer.train()
+      >>> [h["step"] for h in history], history[-1]["test_accuracy"].shape, trainer.num_traces
+      ([0, 50, 100], (1, 8), 1)
 
     Args:
       model, dataset, layout, settings: what to train.
