@@ -35,10 +35,11 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from experiments.cli import FlagError, fail, make_workdir, parse_flags
-from experiments.workload import BATCH, HIDDEN, batch_stream, workload
 from softcls_jax import data, losses
 from softcls_jax.results import atomic_write_json, environment
+
+from .cli import FlagError, fail, make_workdir, parse_flags
+from .workload import BATCH, HIDDEN, batch_stream, workload
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool(
@@ -442,5 +443,10 @@ def targets_report(rows, scale_rows, kernel_rows, peak_share) -> list[dict]:
     return out
 
 
-if __name__ == "__main__":
+def command() -> None:
+    """The console command (pyproject.toml's ``[project.scripts]``)."""
     app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    command()

@@ -21,9 +21,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 from absl import app, flags
 
-from experiments.cli import FlagError, fail, make_workdir, number, parse_flags
 from softcls_jax import data, engine, metrics, models, plots, runner
 from softcls_jax.results import atomic_write_json
+
+from .cli import FlagError, fail, make_workdir, number, parse_flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -146,5 +147,10 @@ def main(argv: Sequence[str]) -> None:
     print(f"wrote {workdir}/reliability.png and calibration.json")
 
 
-if __name__ == "__main__":
+def command() -> None:
+    """The console command (pyproject.toml's ``[project.scripts]``)."""
     app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    command()

@@ -11,7 +11,19 @@ import sys
 from absl import flags
 from absl import logging as absl_logging
 
+from softcls_jax import compilation_cache
 from softcls_jax.files import writable_dir
+
+flags.DEFINE_bool(
+    "compilation_cache", True,
+    "Keep compiled XLA programs in JAX's persistent cache, so a rerun (or the same shapes with other "
+    "values) skips compilation; --nocompilation_cache turns it off.",
+)  # fmt: skip
+flags.DEFINE_string(
+    "compilation_cache_dir", None,
+    f"Directory of the compilation cache (default {compilation_cache.default_dir()}); delete it to "
+    "clear the cache.",
+)  # fmt: skip
 
 
 class FlagError(ValueError):
@@ -29,8 +41,8 @@ def fail(message: str) -> None:
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's parser, but a bad flag exits with status 2 and one line instead of a usage dump.
 
-    Also sets the log levels (see :func:`quiet_logs`): ``app.run`` calls this before ``main``, so
-    before the first JAX computation initialises a backend.
+    Also sets the log levels (see :func:`quiet_logs`) and turns on the persistent compilation
+    cache: ``app.run`` calls this before ``main``, so before the first JAX computation.
     """
     try:
         rest = flags.FLAGS(argv)
@@ -38,6 +50,8 @@ def parse_flags(argv: list[str]) -> list[str]:
         fail(str(e))
         raise  # unreachable
     quiet_logs()
+    if flags.FLAGS.compilation_cache:
+        compilation_cache.enable(flags.FLAGS.compilation_cache_dir)
     return rest
 
 

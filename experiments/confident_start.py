@@ -20,10 +20,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 from absl import app, flags
 
-from experiments.cli import FlagError, fail, number, numbers, parse_flags
-from experiments.formatting import confident_start_row
 from softcls_jax import plots, results
 from softcls_jax.sweep import SettingError, SweepSpec, run_sweep
+
+from .cli import FlagError, fail, number, numbers, parse_flags
+from .formatting import confident_start_row
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("lrs", ["0.01", "0.03", "0.1", "0.3", "1.0"], "Learning rates (SGD).")
@@ -154,5 +155,10 @@ def main(argv: Sequence[str]) -> None:
     print(f"wrote {workdir}/confident_start.png and confident_start.json")
 
 
-if __name__ == "__main__":
+def command() -> None:
+    """The console command (pyproject.toml's ``[project.scripts]``)."""
     app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    command()

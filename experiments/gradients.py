@@ -20,9 +20,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 from absl import app, flags
 
-from experiments.cli import FlagError, fail, make_workdir, number, parse_flags
 from softcls_jax import gradients, losses, plots
 from softcls_jax.results import atomic_write_json
+
+from .cli import FlagError, fail, make_workdir, number, parse_flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("num_classes", "3", "Number of classes C (>= 2).")
@@ -105,5 +106,10 @@ def main(argv: Sequence[str]) -> None:
     print(f"wrote {workdir}/gradients.png and gradients.json")
 
 
-if __name__ == "__main__":
+def command() -> None:
+    """The console command (pyproject.toml's ``[project.scripts]``)."""
     app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    command()

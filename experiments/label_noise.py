@@ -19,10 +19,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 from absl import app, flags
 
-from experiments.cli import FlagError, fail, number, numbers, parse_flags
 from softcls_jax import plots
 from softcls_jax.results import atomic_write_json
 from softcls_jax.sweep import SettingError, SweepSpec, run_sweep
+
+from .cli import FlagError, fail, number, numbers, parse_flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list(
@@ -108,5 +109,10 @@ def main(argv: Sequence[str]) -> None:
     print(f"wrote {workdir}/label_noise.png and label_noise.json")
 
 
-if __name__ == "__main__":
+def command() -> None:
+    """The console command (pyproject.toml's ``[project.scripts]``)."""
     app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    command()

@@ -29,9 +29,10 @@ from collections.abc import Sequence
 import jax
 from absl import app, flags
 
-from experiments.cli import FlagError, fail, make_workdir, parse_flags
-from experiments.workload import workload
 from softcls_jax import data
+
+from .cli import FlagError, fail, make_workdir, parse_flags
+from .workload import workload
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("steps", 200, "Steps of the profiled chunk (one compiled call).")
@@ -126,5 +127,10 @@ def main(argv: Sequence[str]) -> None:
     print(f"\nwrote {workdir}/profile.csv and the trace in {trace_dir}")
 
 
-if __name__ == "__main__":
+def command() -> None:
+    """The console command (pyproject.toml's ``[project.scripts]``)."""
     app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    command()

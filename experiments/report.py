@@ -23,10 +23,11 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
-from experiments.cli import FlagError, fail, make_workdir, parse_flags
-from experiments.formatting import confident_start_row
 from softcls_jax.files import atomic_write
 from softcls_jax.results import atomic_write_text
+
+from .cli import FlagError, fail, make_workdir, parse_flags
+from .formatting import confident_start_row
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("fast", False, "Smaller settings for a quick look; numbers are then rougher.")
@@ -56,7 +57,7 @@ EXPERIMENTS = tuple(FAST)
 def run_all(workdir: pathlib.Path, fast: bool, only: Sequence[str]) -> dict[str, float]:
     seconds = {}
     for name in only or EXPERIMENTS:
-        args = [sys.executable, "-m", f"experiments.{name}", f"--workdir={workdir / name}"]
+        args = [sys.executable, "-m", f"{__package__}.{name}", f"--workdir={workdir / name}"]
         if name == "sweep":
             args.append("--overwrite")
         args += FAST[name] if fast else (["--loss=ce,mse"] if name == "sweep" else [])
@@ -227,5 +228,10 @@ def main(argv: Sequence[str]) -> None:
         sys.exit(1)
 
 
-if __name__ == "__main__":
+def command() -> None:
+    """The console command (pyproject.toml's ``[project.scripts]``)."""
     app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    command()

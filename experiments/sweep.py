@@ -24,11 +24,12 @@ from collections.abc import Sequence
 import numpy as np
 from absl import app, flags
 
-from experiments.cli import FlagError, fail, number, parse_flags
 from softcls_jax import results
 from softcls_jax.engine import AXES
 from softcls_jax.losses import LOSSES
 from softcls_jax.sweep import SettingError, SweepSpec, run_sweep
+
+from .cli import FlagError, fail, number, parse_flags
 
 FLAGS = flags.FLAGS
 DEFAULTS = SweepSpec()  # every default below comes from the settings object
@@ -74,6 +75,10 @@ flags.DEFINE_bool(
     False,
     "Replace a sweep with other settings found in --workdir (otherwise refused).",
 )
+flags.DEFINE_bool(
+    "tensorboard", True,
+    "Also write TensorBoard event files (per config its curves, and HParams) to --workdir/tensorboard.",
+)  # fmt: skip
 flags.DEFINE_bool(
     "checked",
     False,
@@ -188,15 +193,31 @@ def flag_of(setting: str) -> str:
     return FLAG_OF.get(setting, setting)
 
 
-def print_progress(step: int, total: int, record: dict, seconds: float) -> None:
-    acc = record["test_accuracy"]
-    finite = np.isfinite(acc)
-    best = f"best test acc {100 * np.nanmax(acc):.1f} %" if finite.any() else "all diverged"
-    diverged = int((~finite).sum())
-    print(
-        f"[{step:>{len(str(total))}}/{total}] {seconds:7.1f} s  {best}  diverged {diverged}/{acc.size}",
-        flush=True,
-    )
+class Progress:
+    """Per chunk: a tqdm bar when stdout is a terminal, else one plain line (CI, files)."""
+
+    def __init__(self) -> None:
+        self.bar = None
+        self.terminal = sys.stdout.isatty()
+
+    def __call__(self, step: int, total: int, record: dict, seconds: float) -> None:
+        acc = record["test_accuracy"]
+        finite = np.isfinite(acc)
+        best = f"best test acc {100 * np.nanmax(acc):.1f} %" if finite.any() else "all diverged"
+        status = f"{best}  diverged {int((~finite).sum())}/{acc.size}"
+        if not self.terminal:
+            print(f"[{step:>{len(str(total))}}/{total}] {seconds:7.1f} s  {status}", flush=True)
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="step", dynamic_ncols=True)
+        self.bar.update(step - self.bar.n)
+        self.bar.set_postfix_str(status)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def initialize_distributed() -> None:
@@ -226,14 +247,17 @@ def main(argv: Sequence[str]) -> None:
         spec = spec_from_flags()
         print(f"sweep: {spec.layout().describe()}, {spec.model} on {spec.dataset}, {spec.steps} "
               "steps", flush=True)  # fmt: skip
+        progress = Progress()
         document = run_sweep(
-            spec, FLAGS.workdir, on_progress=print_progress, overwrite=FLAGS.overwrite,
+            spec, FLAGS.workdir, on_progress=progress, overwrite=FLAGS.overwrite,
             on_resume=lambda step: print(f"resuming from the checkpoint at step {step}", flush=True),
+            tensorboard=FLAGS.tensorboard,
         )  # fmt: skip
     except FlagError as e:
         fail(str(e))
     except SettingError as e:
         fail(f"--{flag_of(e.setting)}: {e}")
+    progress.close()
     records = document["configs"]
     print("\nFinal test accuracy (%), mean ± std over seeds:\n")
     print(results.accuracy_table(records))
@@ -244,10 +268,15 @@ def main(argv: Sequence[str]) -> None:
         values = ", ".join(f"{a} {b[a]:.3g}" for a in axes).replace("learning_rate", "lr")
         print(f"best {b['loss']}: {values}, test accuracy {100 * b['test_accuracy']:.2f} %")
     t = document["timing"]
-    print(f"\nwall {t['wall_s']:.1f} s (compile {t['compile_s']:.1f} s, {t['compiled_chunks']} "
-          "chunk program(s)), "
+    print(f"\nwall {t['wall_s']:.1f} s (tracing {t['trace_s']:.1f} s, compile {t['compile_s']:.1f} s, "
+          f"{t['compiled_chunks']} chunk program(s)), "
           f"{t['config_examples_per_s']:.3g} config·examples/s; results in {FLAGS.workdir}/")  # fmt: skip
 
 
-if __name__ == "__main__":
+def command() -> None:
+    """The console command (pyproject.toml's ``[project.scripts]``)."""
     app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    command()

@@ -20,10 +20,11 @@ import jax.numpy as jnp
 import optax
 from absl import app, flags
 
-from experiments.cli import parse_flags
 from softcls_jax import gradients as G
 from softcls_jax import losses
 from softcls_jax.labels import one_hot
+
+from .cli import parse_flags
 
 TOLERANCES = {"float64": 1e-10, "float32": 1e-5}
 CLAIMS = {  # comparison → claim id (HB21: Hui & Belkin's rescaled square loss)
@@ -234,5 +235,10 @@ def main(argv: Sequence[str]) -> None:
     sys.exit(1 if failed else 0)
 
 
-if __name__ == "__main__":
+def command() -> None:
+    """The console command (pyproject.toml's ``[project.scripts]``)."""
     app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    command()

@@ -28,6 +28,7 @@ from softcls_jax.models import Model
 
 Progress = Callable[[int, int, dict, float], None]  # (step, total steps, record, seconds so far)
 PLOTS = ("accuracy_vs_lr.png", "learning_curves.png", "train_loss_curves.png")
+TENSORBOARD = "tensorboard"  # the event files' directory inside a workdir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +52,7 @@ def run(
     resume: bool = False,
     on_progress: Progress | None = None,
     on_resume: Callable[[int], None] | None = None,
+    tensorboard_dir: str | os.PathLike | None = None,
 ) -> Run:
     """Trains every config of ``layout``; checkpoints after every chunk if ``checkpoint_path``.
 
@@ -61,6 +63,8 @@ def run(
       resume: continue from the checkpoint at ``checkpoint_path``.
       on_progress: called after every chunk.
       on_resume: called with the step a resumed run continues from.
+      tensorboard_dir: if given, every chunk's metrics are appended to TensorBoard event files
+        there, one run per config with its HParams (:mod:`softcls_jax.tensorboard`).
 
     Raises:
       ValueError: bad settings, or a checkpoint that does not fit.
@@ -74,7 +78,19 @@ def run(
         if on_resume is not None:
             on_resume(int(state.step))
 
+    log = None
+    if tensorboard_dir is not None and jax.process_index() == 0:
+        from softcls_jax.tensorboard import GridLog
+
+        log = GridLog(tensorboard_dir, layout)
+    logged = len(history or [])  # a resumed run logs only its new records
+
     def on_chunk(state: Any, history: list[dict]) -> None:
+        nonlocal logged
+        if log is not None:
+            for record in history[logged:]:
+                log.write(record)
+            logged = len(history)
         if checkpoint_path is not None:
             host = trainer.host_state(state)  # a collective on several hosts: every process joins
             if jax.process_index() == 0:
@@ -86,9 +102,12 @@ def run(
 
     state, history = trainer.train(state=state, history=history, on_chunk=on_chunk)
     jax.block_until_ready(state)
+    if log is not None:
+        log.close()
     wall = time.perf_counter() - start
     timing = {
         "wall_s": wall,
+        "trace_s": trainer.trace_seconds,
         "compile_s": trainer.compile_seconds,
         "compiled_chunks": trainer.compiled_chunks,
         "config_examples_per_s": layout.size * settings.steps * settings.batch_size / wall,
@@ -147,7 +166,8 @@ def run_grid(
       learning_rates, seeds: the learning-rate axis and the seeds.
       axes: other axes, ``{name: values}`` (:data:`softcls_jax.engine.AXES`).
       optimizer, schedule, steps, batch_size, eval_every, data_seed: as :class:`TrainSettings`.
-      workdir: if given, writes results.json, results.csv, summary.md and plots there.
+      workdir: if given, writes results.json, results.csv, summary.md, plots and TensorBoard
+        events (``workdir/tensorboard``) there.
       on_progress: called after every chunk with ``(step, steps, record, seconds)``.
 
     Returns:
@@ -158,7 +178,9 @@ def run_grid(
     settings = TrainSettings(optimizer, steps, batch_size, eval_every, schedule, data_seed)
     if workdir is not None:
         workdir = writable_dir(workdir)
-    document = run(model, dataset, layout, settings, on_progress=on_progress).document
+    board = None if workdir is None else pathlib.Path(workdir) / TENSORBOARD
+    document = run(model, dataset, layout, settings, on_progress=on_progress,
+                   tensorboard_dir=board).document  # fmt: skip
     if workdir is not None and jax.process_index() == 0:
         write_outputs(document, pathlib.Path(workdir))
     return document

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import shutil
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -187,6 +188,7 @@ def prepare_workdir(spec: SweepSpec, workdir: pathlib.Path, overwrite: bool) -> 
     if overwrite:
         for name in (*OWNED_FILES, *runner.PLOTS):
             (workdir / name).unlink(missing_ok=True)
+        shutil.rmtree(workdir / runner.TENSORBOARD, ignore_errors=True)
     elif spec_path.exists():
         try:
             previous = json.loads(spec_path.read_text())
@@ -221,12 +223,14 @@ def run_sweep(
     on_progress: runner.Progress | None = None,
     overwrite: bool = False,
     on_resume: Callable[[int], None] | None = None,
+    tensorboard: bool = True,
 ) -> dict:
     """Trains the sweep and writes ``results.json``, ``results.csv``, ``summary.md`` and plots.
 
     The state is checkpointed after every chunk; running the same spec on the same workdir again
     resumes from the last checkpoint and gives the same results as an uninterrupted run. Every input
-    is validated before anything is written into ``workdir``.
+    is validated before anything is written into ``workdir``. With ``tensorboard``, every chunk's
+    metrics also go to TensorBoard event files in ``workdir/tensorboard``.
 
     Returns:
       The ``results.json`` document.
@@ -241,6 +245,7 @@ def run_sweep(
             model, dataset, spec.layout(), spec.train_settings(), described=spec.as_dict(),
             checkpoint_path=workdir / checkpoint.FILENAME, resume=resumable,
             on_progress=on_progress, on_resume=on_resume,
+            tensorboard_dir=workdir / runner.TENSORBOARD if tensorboard else None,
         )  # fmt: skip
     except checkpoint.CheckpointError as e:
         raise SettingError("workdir", f"{e}; remove it or use --overwrite") from None

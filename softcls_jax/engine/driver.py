@@ -63,7 +63,8 @@ class Trainer:
       data: the arrays on the devices.
       num_traces: how many times the chunk program was traced: one per distinct chunk length,
         whatever the number of losses, seeds and axis values.
-      compile_seconds: time spent compiling the init, index, chunk and evaluation programs.
+      trace_seconds: time spent tracing and lowering the init, index, chunk and evaluation programs.
+      compile_seconds: time XLA spent compiling them (what the persistent compilation cache saves).
     """
 
     def __init__(
@@ -120,7 +121,7 @@ class Trainer:
         self.hparams = {n: self._replicate(v) for n, v in self.layout.hparams().items()}
         self.loss_ids = self._replicate(self.layout.loss_of_k())
         self.num_traces = 0
-        self.compile_seconds = 0.0
+        self.trace_seconds = self.compile_seconds = 0.0
         self._compiled: dict[Any, Any] = {}  # "init", "eval", ("chunk"/"indices", steps) -> exe
         self._init_fn = jax.jit(functools.partial(step.init, self.program))
         self._eval_fn = jax.jit(functools.partial(evaluate.evaluate, self.program))
@@ -173,7 +174,7 @@ class Trainer:
     # ---------------------------------------------------------------- compiled programs
 
     def _compiled_once(self, key: Any, fn: Any, *args: Any, run_once: bool = False) -> Any:
-        """``fn`` compiled ahead of time for these arguments, once per ``key``; compile time counted.
+        """``fn`` compiled ahead of time for these arguments, once per ``key``; both times counted.
 
         ``run_once``: a program that runs once per sweep or chunk and does little work (the init, the
         minibatch indices) is compiled by XLA:CPU at LLVM -O1, not -O2: a third of the compile time,
@@ -184,8 +185,11 @@ class Trainer:
             cheap = run_once and self.devices[0].platform == "cpu"
             options = {"xla_backend_optimization_level": 1} if cheap else None
             start = time.perf_counter()
-            self._compiled[key] = fn.lower(*args).compile(compiler_options=options)
-            self.compile_seconds += time.perf_counter() - start
+            lowered = fn.lower(*args)
+            traced = time.perf_counter()
+            self._compiled[key] = lowered.compile(compiler_options=options)
+            self.trace_seconds += traced - start
+            self.compile_seconds += time.perf_counter() - traced
         return self._compiled[key]
 
     def state_template(self) -> GridState:
