@@ -8,6 +8,7 @@ import math
 import pathlib
 import sys
 
+import numpy as np
 from absl import flags
 from absl import logging as absl_logging
 
@@ -95,3 +96,30 @@ def make_workdir(path: str, flag: str = "workdir") -> pathlib.Path:
         return writable_dir(path)
     except OSError as e:
         raise FlagError(flag, f"cannot write to {path}: {e.strerror or e}") from None
+
+
+class Progress:
+    """Per chunk: a tqdm bar when stdout is a terminal, else one plain line (CI, files)."""
+
+    def __init__(self) -> None:
+        self.bar = None
+        self.terminal = sys.stdout.isatty()
+
+    def __call__(self, step: int, total: int, record: dict, seconds: float) -> None:
+        acc = record["test_accuracy"]
+        finite = np.isfinite(acc)
+        best = f"best test acc {100 * np.nanmax(acc):.1f} %" if finite.any() else "all diverged"
+        status = f"{best}  diverged {int((~finite).sum())}/{acc.size}"
+        if not self.terminal:
+            print(f"[{step:>{len(str(total))}}/{total}] {seconds:7.1f} s  {status}", flush=True)
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="step", dynamic_ncols=True)
+        self.bar.update(step - self.bar.n)
+        self.bar.set_postfix_str(status)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

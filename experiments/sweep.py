@@ -29,7 +29,7 @@ from softcls_jax.engine import AXES
 from softcls_jax.losses import LOSSES
 from softcls_jax.sweep import SettingError, SweepSpec, run_sweep
 
-from .cli import FlagError, fail, number, parse_flags
+from .cli import FlagError, Progress, fail, number, parse_flags
 
 FLAGS = flags.FLAGS
 DEFAULTS = SweepSpec()  # every default below comes from the settings object
@@ -55,9 +55,10 @@ flags.DEFINE_string(
 flags.DEFINE_string("first_seed", str(DEFAULTS.seeds[0]), "First seed.")
 for _field in dataclasses.fields(SweepSpec):  # settings with a help text are flags of the same name
     if "help" in _field.metadata:
-        flags.DEFINE_string(
-            _field.name, str(getattr(DEFAULTS, _field.name)), _field.metadata["help"]
-        )
+        default = getattr(DEFAULTS, _field.name)
+        define = flags.DEFINE_bool if isinstance(default, bool) else flags.DEFINE_string
+        define(_field.name, default if isinstance(default, bool) else str(default),
+               _field.metadata["help"])  # fmt: skip
 for _axis in AXES.values():  # every axis also takes a single value
     if _axis.name != "learning_rate":
         default = "" if _axis.default is None else f" (default {_axis.default:g})"
@@ -175,6 +176,9 @@ def spec_from_flags() -> SweepSpec:
         batch_size=number("batch_size", FLAGS.batch_size, int),
         eval_every=number("eval_every", FLAGS.eval_every, int),
         data_seed=number("data_seed", FLAGS.data_seed, int),
+        val_fraction=number("val_fraction", FLAGS.val_fraction),
+        select_on=FLAGS.select_on,
+        standardize=FLAGS.standardize,
         checked=FLAGS.checked,
     )
     try:
@@ -191,33 +195,6 @@ def flag_of(setting: str) -> str:
     if setting in AXES and setting in [t.partition("=")[0].strip() for t in FLAGS.axis]:
         return "axis"
     return FLAG_OF.get(setting, setting)
-
-
-class Progress:
-    """Per chunk: a tqdm bar when stdout is a terminal, else one plain line (CI, files)."""
-
-    def __init__(self) -> None:
-        self.bar = None
-        self.terminal = sys.stdout.isatty()
-
-    def __call__(self, step: int, total: int, record: dict, seconds: float) -> None:
-        acc = record["test_accuracy"]
-        finite = np.isfinite(acc)
-        best = f"best test acc {100 * np.nanmax(acc):.1f} %" if finite.any() else "all diverged"
-        status = f"{best}  diverged {int((~finite).sum())}/{acc.size}"
-        if not self.terminal:
-            print(f"[{step:>{len(str(total))}}/{total}] {seconds:7.1f} s  {status}", flush=True)
-            return
-        if self.bar is None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="step", dynamic_ncols=True)
-        self.bar.update(step - self.bar.n)
-        self.bar.set_postfix_str(status)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def initialize_distributed() -> None:
@@ -258,15 +235,18 @@ def main(argv: Sequence[str]) -> None:
     except SettingError as e:
         fail(f"--{flag_of(e.setting)}: {e}")
     progress.close()
-    records = document["configs"]
+    records, chosen = document["configs"], document["selection"]
+    split = "validation" if chosen["on"] == "val" else "TEST (optimistic)"
     print("\nFinal test accuracy (%), mean ± std over seeds:\n")
-    print(results.accuracy_table(records))
+    print(results.accuracy_table(records, chosen["on"]))
     axes = results.axis_names(records)
     if len(axes) > 1:
-        print(f"(each cell: {', '.join(axes[1:])} at their best)")
-    for b in results.best_per_loss(records):
+        print(f"(each cell: {', '.join(axes[1:])} at their best on {split})")
+    print(f"\nBest per loss, chosen on {split}:")
+    for b in chosen["per_loss"]:
         values = ", ".join(f"{a} {b[a]:.3g}" for a in axes).replace("learning_rate", "lr")
-        print(f"best {b['loss']}: {values}, test accuracy {100 * b['test_accuracy']:.2f} %")
+        val = "" if b["val_accuracy"] is None else f"val accuracy {100 * b['val_accuracy']:.2f} %, "
+        print(f"best {b['loss']}: {values}: {val}test accuracy {100 * b['test_accuracy']:.2f} %")
     t = document["timing"]
     print(f"\nwall {t['wall_s']:.1f} s (tracing {t['trace_s']:.1f} s, compile {t['compile_s']:.1f} s, "
           f"{t['compiled_chunks']} chunk program(s)), "

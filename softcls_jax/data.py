@@ -39,6 +39,8 @@ class Dataset:
       x_test: ``(M, D)`` float32.
       y_test: ``(M,)`` int32 in ``[0, C)``.
       num_classes: ``C``.
+      x_val, y_val: a validation split held out of the training data (:func:`with_validation`),
+        or None. Selection (learning rates, any hyperparameter) looks at it, never at the test set.
     """
 
     name: str
@@ -47,6 +49,8 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
 
     @property
     def num_features(self) -> int:
@@ -245,15 +249,51 @@ def split_validation(
     Returns:
       ``(dataset with the rest as its training split, x_val, y_val)``.
     """
+    held = with_validation(dataset, fraction, seed)
+    return dataclasses.replace(held, x_val=None, y_val=None), held.x_val, held.y_val
+
+
+def with_validation(dataset: Dataset, fraction: float, seed: int = 0) -> Dataset:
+    """The data set with a stratified ``fraction`` of its training split held out as ``x_val``,
+    ``y_val`` (scikit-learn's ``train_test_split``, ``random_state=seed``).
+
+    Example:
+      >>> d = with_validation(load_digits(), 0.1)
+      >>> d.x_train.shape[0], d.x_val.shape[0], d.x_test.shape[0]
+      (1293, 144, 360)
+
+    Raises:
+      ValueError: if ``fraction`` is not in (0, 1), or too small or too large to hold at least one
+        example of every class on each side.
+    """
     from sklearn.model_selection import train_test_split
 
     if not 0 < fraction < 1:
         raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
-    x_train, x_val, y_train, y_val = train_test_split(
-        dataset.x_train,
-        dataset.y_train,
-        test_size=fraction,
-        stratify=dataset.y_train,
-        random_state=seed,
-    )
-    return dataclasses.replace(dataset, x_train=x_train, y_train=y_train), x_val, y_val
+    try:
+        x_train, x_val, y_train, y_val = train_test_split(
+            dataset.x_train, dataset.y_train, test_size=fraction, stratify=dataset.y_train,
+            random_state=seed,
+        )  # fmt: skip
+    except ValueError as e:  # e.g. fewer validation examples than classes
+        raise ValueError(f"{dataset.name}: cannot hold out a validation fraction of {fraction:g} "
+                         f"of {dataset.x_train.shape[0]} training examples: {e}") from None  # fmt: skip
+    return dataclasses.replace(dataset, x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val)
+
+
+def standardized(dataset: Dataset) -> Dataset:
+    """Every split scaled with the *training* split's per-feature mean and standard deviation,
+    ``(x − μ_train) / σ_train``; constant training features (``σ = 0``) become 0.
+
+    Example:
+      >>> d = standardized(from_arrays(np.array([[1.0, 5], [3, 5]]), np.array([0, 1]),
+      ...                              np.array([[2.0, 7]]), np.array([1])))
+      >>> d.x_train.tolist(), d.x_test.tolist()
+      ([[-1.0, 0.0], [1.0, 0.0]], [[0.0, 2.0]])
+    """
+    x = dataset.x_train.astype(np.float64)
+    mean, std = x.mean(0), x.std(0)
+    scale = np.where(std > 0, std, 1.0)
+    fix = lambda a: None if a is None else ((a - mean) / scale).astype(np.float32)
+    return dataclasses.replace(dataset, x_train=fix(dataset.x_train), x_val=fix(dataset.x_val),
+                               x_test=fix(dataset.x_test))  # fmt: skip

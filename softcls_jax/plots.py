@@ -30,10 +30,10 @@ def _values(runs: list[dict], metric: str) -> np.ndarray:
     )
 
 
-def accuracy_vs_lr(records: Sequence[dict], path: str | os.PathLike) -> None:
+def accuracy_vs_lr(records: Sequence[dict], path: str | os.PathLike, on: str = "val") -> None:
     """Final test accuracy against learning rate, one line per loss (mean ± std over seeds)."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    for loss, by_lr in by_loss_and_lr(records).items():
+    for loss, by_lr in by_loss_and_lr(records, on).items():
         lrs = sorted(by_lr)
         accs = [_values(by_lr[lr], "test_accuracy") for lr in lrs]
         mean = np.array([np.nanmean(a) if np.isfinite(a).any() else np.nan for a in accs])
@@ -47,7 +47,7 @@ def accuracy_vs_lr(records: Sequence[dict], path: str | os.PathLike) -> None:
     ax.set_ylabel("final test accuracy (%)")
     others = [a for a in axis_names(records) if a != "learning_rate"]
     ax.set_title("Final test accuracy by loss (x: diverged)"
-                 + (f"\n{', '.join(others)} at their best per point" if others else ""), fontsize=10)  # fmt: skip
+                 + (f"\n{', '.join(others)} at their best on {on} per point" if others else ""), fontsize=10)  # fmt: skip
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -55,10 +55,13 @@ def accuracy_vs_lr(records: Sequence[dict], path: str | os.PathLike) -> None:
 
 
 def learning_curves(
-    records: Sequence[dict], path: str | os.PathLike, metric: str = "test_accuracy"
+    records: Sequence[dict],
+    path: str | os.PathLike,
+    metric: str = "test_accuracy",
+    on: str = "val",
 ) -> None:
     """``metric`` against step, one panel per loss, one line per learning rate (seed 0 of each)."""
-    grouped = by_loss_and_lr(records)
+    grouped = by_loss_and_lr(records, on)
     fig, axes = plt.subplots(
         1, len(grouped), figsize=(5 * len(grouped), 3.8), squeeze=False, sharey=True
     )
@@ -75,7 +78,7 @@ def learning_curves(
     axes[0, 0].set_ylabel(metric.replace("_", " "))
     others = [a for a in axis_names(records) if a != "learning_rate"]
     if others:
-        fig.suptitle(f"{', '.join(others)} at their best per learning rate", fontsize=9)
+        fig.suptitle(f"{', '.join(others)} at their best on {on} per learning rate", fontsize=9)
     axes[0, -1].legend(title="learning rate", fontsize=7)
     fig.tight_layout()
     save(fig, path)

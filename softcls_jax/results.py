@@ -93,15 +93,17 @@ def config_records(layout: Layout, history: Sequence[dict], diverged_at: np.ndar
 
 def build(
     settings: dict[str, Any], layout: Layout, history: Sequence[dict], diverged_at: np.ndarray,
-    timing: dict[str, float],
+    timing: dict[str, float], select_on: str = "val",
 ) -> dict[str, Any]:  # fmt: skip
-    """The ``results.json`` document."""
+    """The ``results.json`` document; its ``selection`` is made on split ``select_on``."""
+    records = config_records(layout, history, diverged_at)
     return {
         "schema": SCHEMA,
         "settings": settings,
         "axes": list(layout.axis_names),
         "environment": environment(),
-        "configs": config_records(layout, history, diverged_at),
+        "configs": records,
+        "selection": selection(records, select_on),
         "timing": timing,
     }
 
@@ -146,21 +148,40 @@ def mean_metric(runs: Sequence[dict], metric: str = "test_accuracy") -> float | 
     return float(np.mean(values))
 
 
-def _best(settings: list[list[dict]]) -> list[dict]:
-    """The runs of the setting with the highest mean test accuracy (the first on ties)."""
-    scored = [(mean_metric(runs), i) for i, runs in enumerate(settings)]
-    scored = [(acc, -i) for acc, i in scored if acc is not None]
-    return settings[-max(scored)[1]] if scored else settings[0]
+SPLITS = ("val", "test")
 
 
-def by_loss_and_lr(records: Sequence[dict]) -> dict[str, dict[float, list[dict]]]:
+def selection_rule(on: str = "val") -> str:
+    """The rule, in words, by which a setting is chosen on split ``on``."""
+    split = "validation" if on == "val" else "TEST"
+    return (f"the highest mean {split} accuracy over seeds (ties: the lower mean {split} NLL, then "
+            "the smaller learning rate); settings with a diverged seed are not candidates")  # fmt: skip
+
+
+def _score(runs: Sequence[dict], on: str) -> tuple | None:
+    """The ranking key of a setting on split ``on`` (higher is better), or None."""
+    if on not in SPLITS:
+        raise ValueError(f"selection split must be one of {SPLITS}, got {on!r}")
+    accuracy, nll = mean_metric(runs, f"{on}_accuracy"), mean_metric(runs, f"{on}_nll")
+    if accuracy is None or nll is None:
+        return None
+    return accuracy, -nll, -runs[0]["learning_rate"]
+
+
+def _best(settings: list[list[dict]], on: str) -> list[dict]:
+    """The runs of the best setting on split ``on`` (:func:`selection_rule`); the first setting if
+    none is a candidate."""
+    scored = [(score, i) for i, runs in enumerate(settings) if (score := _score(runs, on))]
+    return settings[max(scored, key=lambda t: (t[0], -t[1]))[1]] if scored else settings[0]
+
+
+def by_loss_and_lr(records: Sequence[dict], on: str = "val") -> dict[str, dict[float, list[dict]]]:
     """``{loss: {learning_rate: [one record per seed]}}``, losses in order. With other axes, each
-    (loss, learning rate) holds the runs of its best setting of the other axes (highest mean test
-    accuracy)."""
+    (loss, learning rate) holds the runs of its best setting of the other axes on split ``on``."""
     grouped: dict[str, dict[float, list[list[dict]]]] = {}
     for key, runs in by_setting(records).items():
         grouped.setdefault(key[0], {}).setdefault(runs[0]["learning_rate"], []).append(runs)
-    return {loss: {lr: _best(s) for lr, s in by_lr.items()} for loss, by_lr in grouped.items()}
+    return {loss: {lr: _best(s, on) for lr, s in by_lr.items()} for loss, by_lr in grouped.items()}
 
 
 def _cell(runs: list[dict], metric: str = "test_accuracy") -> str:
@@ -178,9 +199,9 @@ def _cell(runs: list[dict], metric: str = "test_accuracy") -> str:
     return text
 
 
-def accuracy_table(records: Sequence[dict]) -> str:
+def accuracy_table(records: Sequence[dict], on: str = "val") -> str:
     """Markdown table: learning rate × loss of final test accuracy (%, mean ± std over seeds)."""
-    grouped = by_loss_and_lr(records)
+    grouped = by_loss_and_lr(records, on)
     losses, lrs = list(grouped), sorted({r["learning_rate"] for r in records})
     lines = ["| learning rate | " + " | ".join(losses) + " |", "|---:|" + "---:|" * len(losses)]
     for lr in lrs:
@@ -189,25 +210,33 @@ def accuracy_table(records: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def best_per_loss(records: Sequence[dict]) -> list[dict]:
-    """For each loss, the setting (every axis value) with the best mean final test accuracy over
-    seeds; settings with a diverged seed are not candidates."""
+def best_per_loss(records: Sequence[dict], on: str = "val") -> list[dict]:
+    """For each loss, the setting (every axis value) chosen on split ``on`` by
+    :func:`selection_rule`, with its mean validation and test metrics over seeds. A loss with no
+    candidate (every setting diverged, or no such split) is left out.
+
+    The test metrics are only reported: with ``on="val"`` nothing here looks at the test set.
+    """
     axes, best = axis_names(records), []
     grouped: dict[str, list[list[dict]]] = {}
     for key, runs in by_setting(records).items():
         grouped.setdefault(key[0], []).append(runs)
     for loss, settings in grouped.items():
-        runs = _best(settings)
-        acc = mean_metric(runs)
-        if acc is None:
+        runs = _best(settings, on)
+        if _score(runs, on) is None:
             continue
-        best.append({"loss": loss, **{a: runs[0][a] for a in axes}, "test_accuracy": acc,
-                     "test_nll": mean_metric(runs, "test_nll"),
-                     "test_ece": mean_metric(runs, "test_ece"), "seeds": len(runs)})  # fmt: skip
+        metrics = ("val_accuracy", "val_nll", "test_accuracy", "test_nll", "test_ece")
+        best.append({"loss": loss, **{a: runs[0][a] for a in axes},
+                     **{m: mean_metric(runs, m) for m in metrics}, "seeds": len(runs)})  # fmt: skip
     return best
 
 
-def axis_table(records: Sequence[dict], axis: str) -> str:
+def selection(records: Sequence[dict], on: str = "val") -> dict[str, Any]:
+    """results.json's ``selection`` section: the rule, the split, and per loss its choice."""
+    return {"on": on, "rule": selection_rule(on), "per_loss": best_per_loss(records, on)}
+
+
+def axis_table(records: Sequence[dict], axis: str, on: str = "val") -> str:
     """Markdown table: ``axis`` value × loss of final test accuracy, the other axes at their best."""
     by_value: dict[str, dict[float, list[list[dict]]]] = {}
     for key, runs in by_setting(records).items():
@@ -216,7 +245,9 @@ def axis_table(records: Sequence[dict], axis: str) -> str:
     values = sorted({r[axis] for r in records})
     lines = [f"| {axis} | " + " | ".join(losses) + " |", "|---:|" + "---:|" * len(losses)]
     for v in values:
-        row = [_cell(_best(by_value[loss][v])) if v in by_value[loss] else "" for loss in losses]
+        row = [
+            _cell(_best(by_value[loss][v], on)) if v in by_value[loss] else "" for loss in losses
+        ]
         lines.append(f"| {v:.3g} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -224,26 +255,32 @@ def axis_table(records: Sequence[dict], axis: str) -> str:
 def summary_markdown(document: dict[str, Any], plots: Sequence[str] = ()) -> str:
     """``summary.md``: settings, the accuracy table, the best config per loss, divergences, plots."""
     settings, records = document["settings"], document["configs"]
+    on = document["selection"]["on"]
     lines = ["# Sweep summary", ""]
     lines.append(", ".join(f"`{k}={v}`" for k, v in settings.items()))
     axes = axis_names(records)
     others = [a for a in axes if a != "learning_rate"]
-    at_best = f" ({', '.join(others)} at their best per cell)" if others else ""
+    split = "validation" if on == "val" else "TEST"
+    at_best = f" ({', '.join(others)} at their best on {split} per cell)" if others else ""
+    if on == "test":
+        lines += ["", "> **Selected on the TEST split** (`select_on=test`): every \"best\" below is "
+                  "optimistic; hold out a validation split for an honest choice."]  # fmt: skip
     lines += ["", f"## Final test accuracy (%), mean ± std over seeds{at_best}", "",
-              accuracy_table(records), ""]  # fmt: skip
+              accuracy_table(records, on), ""]  # fmt: skip
     for axis in others:
-        lines += [f"## Final test accuracy (%) by {axis} (the other axes at their best)", "",
-                  axis_table(records, axis), ""]  # fmt: skip
+        lines += [f"## Final test accuracy (%) by {axis} (the other axes at their best on {split})",
+                  "", axis_table(records, axis, on), ""]  # fmt: skip
     names = ["learning rate" if a == "learning_rate" else a for a in axes]
     title = "Best learning rate per loss" if not others else "Best setting per loss"
-    lines += [f"## {title}", "", "| loss | " + " | ".join(names) + " | test accuracy | test NLL | test ECE |",
-              "|---|" + "---:|" * (len(axes) + 3)]  # fmt: skip
-    for b in best_per_loss(records):
+    lines += [f"## {title}", "", f"Chosen on {split}: {selection_rule(on)}. Test metrics are "
+              "reported, never used to choose.", "",
+              "| loss | " + " | ".join(names) + " | val accuracy | test accuracy | test NLL | test ECE |",
+              "|---|" + "---:|" * (len(axes) + 4)]  # fmt: skip
+    for b in document["selection"]["per_loss"]:
         values = " | ".join(f"{b[a]:.3g}" for a in axes)
-        lines.append(f"| {b['loss']} | {values} | {100 * b['test_accuracy']:.2f} % | "
+        val = "–" if b["val_accuracy"] is None else f"{100 * b['val_accuracy']:.2f} %"
+        lines.append(f"| {b['loss']} | {values} | {val} | {100 * b['test_accuracy']:.2f} % | "
                      f"{b['test_nll']:.4f} | {b['test_ece']:.4f} |")  # fmt: skip
-    lines += ["", "Best: the highest mean final test accuracy over seeds (settings where a seed "
-              "diverged are not candidates)."]  # fmt: skip
     diverged = [r for r in records if r["diverged"]]
     lines += ["", f"## Diverged: {len(diverged)} of {len(records)} configs", ""]
     for r in diverged:

@@ -20,7 +20,7 @@ from typing import Any
 import jax
 
 from softcls_jax import checkpoint, results
-from softcls_jax.data import Dataset
+from softcls_jax.data import Dataset, with_validation
 from softcls_jax.engine import Layout, Trainer, TrainSettings
 from softcls_jax.engine.layout import LossLike
 from softcls_jax.files import writable_dir
@@ -53,6 +53,7 @@ def run(
     on_progress: Progress | None = None,
     on_resume: Callable[[int], None] | None = None,
     tensorboard_dir: str | os.PathLike | None = None,
+    select_on: str = "val",
 ) -> Run:
     """Trains every config of ``layout``; checkpoints after every chunk if ``checkpoint_path``.
 
@@ -65,6 +66,8 @@ def run(
       on_resume: called with the step a resumed run continues from.
       tensorboard_dir: if given, every chunk's metrics are appended to TensorBoard event files
         there, one run per config with its HParams (:mod:`softcls_jax.tensorboard`).
+      select_on: the split whose metrics choose the best setting per loss (``"val"``; ``"test"``
+        only when the data set has no validation split, and flagged as optimistic).
 
     Raises:
       ValueError: bad settings, or a checkpoint that does not fit.
@@ -115,9 +118,8 @@ def run(
     described = (
         dict(described) if described is not None else describe(model, dataset, layout, settings)
     )
-    document = results.build(
-        described, trainer.layout, history, trainer.diverged_steps(state), timing
-    )
+    document = results.build(described, trainer.layout, history, trainer.diverged_steps(state),
+                             timing, select_on)  # fmt: skip
     return Run(document, trainer.real_params(state), trainer.layout)
 
 
@@ -148,6 +150,8 @@ def run_grid(
     batch_size: int = 128,
     eval_every: int = 200,
     data_seed: int = 0,
+    val_fraction: float = 0.1,
+    select_on: str = "val",
     workdir: str | os.PathLike | None = None,
     on_progress: Progress | None = None,
 ) -> dict[str, Any]:
@@ -166,6 +170,10 @@ def run_grid(
       learning_rates, seeds: the learning-rate axis and the seeds.
       axes: other axes, ``{name: values}`` (:data:`softcls_jax.engine.AXES`).
       optimizer, schedule, steps, batch_size, eval_every, data_seed: as :class:`TrainSettings`.
+      val_fraction: a data set without a validation split gets a stratified one of this fraction
+        of its training data (seeded by ``data_seed``); 0 only with ``select_on="test"``.
+      select_on: the split the ``selection`` section chooses on: ``"val"``, or ``"test"``
+        (optimistic, and said so in the summary).
       workdir: if given, writes results.json, results.csv, summary.md, plots and TensorBoard
         events (``workdir/tensorboard``) there.
       on_progress: called after every chunk with ``(step, steps, record, seconds)``.
@@ -174,26 +182,40 @@ def run_grid(
       The results.json document: ``settings``, ``axes``, ``environment``, ``configs`` (per config
       its loss, axis values, seed, final metrics, divergence and curves) and ``timing``.
     """
+    check_selection(val_fraction, select_on)
+    if dataset.x_val is None and val_fraction > 0:
+        dataset = with_validation(dataset, val_fraction, seed=data_seed)
     layout = Layout(tuple(losses), tuple(learning_rates), tuple(seeds), axes or {})
     settings = TrainSettings(optimizer, steps, batch_size, eval_every, schedule, data_seed)
     if workdir is not None:
         workdir = writable_dir(workdir)
     board = None if workdir is None else pathlib.Path(workdir) / TENSORBOARD
     document = run(model, dataset, layout, settings, on_progress=on_progress,
-                   tensorboard_dir=board).document  # fmt: skip
+                   tensorboard_dir=board, select_on=select_on).document  # fmt: skip
     if workdir is not None and jax.process_index() == 0:
         write_outputs(document, pathlib.Path(workdir))
     return document
+
+
+def check_selection(val_fraction: float, select_on: str) -> None:
+    """``ValueError`` unless the validation fraction and the selection split fit together."""
+    if select_on not in results.SPLITS:
+        raise ValueError(f"select_on must be one of {list(results.SPLITS)}, got {select_on!r}")
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    if val_fraction == 0 and select_on != "test":
+        raise ValueError("val_fraction=0 leaves nothing to select on; hold out a validation split, "
+                         "or choose on test explicitly with select_on='test' (optimistic)")  # fmt: skip
 
 
 def write_outputs(document: dict, workdir: pathlib.Path) -> None:
     """Writes the result files and plots of a finished grid, each atomically."""
     from softcls_jax import plots  # imported here: it selects matplotlib's Agg backend
 
-    records = document["configs"]
-    plots.accuracy_vs_lr(records, workdir / PLOTS[0])
-    plots.learning_curves(records, workdir / PLOTS[1], "test_accuracy")
-    plots.learning_curves(records, workdir / PLOTS[2], "train_loss")
+    records, on = document["configs"], document["selection"]["on"]
+    plots.accuracy_vs_lr(records, workdir / PLOTS[0], on)
+    plots.learning_curves(records, workdir / PLOTS[1], "test_accuracy", on)
+    plots.learning_curves(records, workdir / PLOTS[2], "train_loss", on)
     results.atomic_write_text(workdir / "results.csv", results.to_csv(records))
     results.atomic_write_text(workdir / "summary.md", results.summary_markdown(document, PLOTS))
     results.atomic_write_json(workdir / "results.json", document)

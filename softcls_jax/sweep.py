@@ -62,7 +62,15 @@ class SweepSpec:
     batch_size: int = _help("Minibatch size (at most the training set size).", default=128)
     eval_every: int = _help("Steps per chunk: metrics, progress and checkpoints happen once per "
                             "chunk.", default=200)  # fmt: skip
-    data_seed: int = _help("Seed of the label noise and of generated data (blobs).", default=0)
+    data_seed: int = _help("Seed of the validation split, the label noise and of generated data "
+                           "(blobs).", default=0)  # fmt: skip
+    val_fraction: float = _help("Stratified fraction of the training data held out for validation: "
+                                "every 'best' setting is chosen on it. 0 only with --select_on=test.",
+                                default=0.1)  # fmt: skip
+    select_on: str = _help("The split that chooses the best setting per loss: val, or test "
+                           "(optimistic, flagged in the summary).", default="val")  # fmt: skip
+    standardize: bool = _help("Scale features with the training split's mean and standard "
+                              "deviation (constant features stay 0).", default=True)  # fmt: skip
     checked: bool = False
 
     def __post_init__(self) -> None:
@@ -119,6 +127,11 @@ class SweepSpec:
             _check(name, _is_int(value) and value >= 1, f"must be an integer >= 1, got {value!r}")
         _check("data_seed", _is_int(self.data_seed) and 0 <= self.data_seed < 2**32,
                f"must be an integer in [0, 2**32), got {self.data_seed!r}")  # fmt: skip
+        try:
+            runner.check_selection(self.val_fraction, self.select_on)
+        except ValueError as e:
+            raise SettingError("select_on" if "select_on must" in str(e) else "val_fraction",
+                               str(e)) from None  # fmt: skip
         try:  # the engine's own rules across settings
             check_compatible(self.layout(), self.train_settings())
         except ValueError as e:
@@ -150,17 +163,23 @@ def _check(setting: str, ok: bool, message: str) -> None:
 
 
 def load_dataset(spec: SweepSpec) -> data.Dataset:
-    """The spec's data set, checked against the batch size."""
+    """The spec's data set: its validation split held out, standardised on the training split,
+    checked against the batch size."""
     try:
-        dataset = data.load(spec.dataset, seed=spec.data_seed)
+        full = data.load(spec.dataset, seed=spec.data_seed)
+        dataset = full
+        if spec.val_fraction > 0:
+            dataset = data.with_validation(full, spec.val_fraction, seed=spec.data_seed)
     except ValueError as e:
         raise SettingError("dataset", str(e)) from None
-    if spec.batch_size > dataset.x_train.shape[0]:
-        raise SettingError(
-            "batch_size",
-            f"{spec.batch_size} is larger than the training set of {spec.dataset} "
-            f"({dataset.x_train.shape[0]} examples)",
-        )
+    if spec.standardize:
+        dataset = data.standardized(dataset)
+    n_train = dataset.x_train.shape[0]
+    if spec.batch_size > n_train:
+        held = f" less the validation split ({spec.val_fraction:g})" if spec.val_fraction else ""
+        raise SettingError("batch_size", f"{spec.batch_size} is larger than the training set of "
+                           f"{spec.dataset} ({full.x_train.shape[0]} examples){held}: the largest "
+                           f"allowed is {n_train}")  # fmt: skip
     return dataset
 
 
@@ -246,6 +265,7 @@ def run_sweep(
             checkpoint_path=workdir / checkpoint.FILENAME, resume=resumable,
             on_progress=on_progress, on_resume=on_resume,
             tensorboard_dir=workdir / runner.TENSORBOARD if tensorboard else None,
+            select_on=spec.select_on,
         )  # fmt: skip
     except checkpoint.CheckpointError as e:
         raise SettingError("workdir", f"{e}; remove it or use --overwrite") from None

@@ -145,8 +145,8 @@ def test_run_grid_records_axes_and_compiled_chunks(tmp_path):
     assert header[:5] == ["loss", "learning_rate", "k", "label_smoothing", "seed"]
     assert json.loads((tmp_path / "results.json").read_text())["axes"] == doc["axes"]
     summary = (tmp_path / "summary.md").read_text()
-    assert "by k (the other axes at their best)" in summary
-    assert "k, label_smoothing at their best per cell" in summary
+    assert "by k (the other axes at their best on validation)" in summary
+    assert "k, label_smoothing at their best on validation per cell" in summary
 
 
 def test_layout_index_and_padding():

@@ -83,7 +83,7 @@ def test_no_compilation_cache_flag(tmp_path):
 
 @pytest.mark.parametrize("terminal", [False, True])
 def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere(terminal, capsys):
-    from experiments.sweep import Progress
+    from experiments.cli import Progress
 
     progress = Progress()
     progress.terminal = terminal

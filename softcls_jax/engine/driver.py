@@ -81,7 +81,8 @@ class Trainer:
             raise ValueError(
                 f"batch_size {settings.batch_size} is larger than the training set ({n_train})"
             )
-        for name in ("y_train", "y_test"):  # host-side: a bad label would otherwise be silent
+        labels = ("y_train", "y_test") + (("y_val",) if dataset.y_val is not None else ())
+        for name in labels:  # host-side: a bad label would otherwise be silent
             try:
                 check_labels(getattr(dataset, name), dataset.num_classes)
             except ValueError as e:
@@ -110,9 +111,9 @@ class Trainer:
         )  # fmt: skip
         levels = tuple(axes.get("label_noise", (0.0,)))
         noisy = [with_label_noise(dataset, lvl, seed=settings.data_seed).y_train for lvl in levels]
-        self.data = Data(*(self._replicate(a) for a in (
-            dataset.x_train, np.stack(noisy), dataset.x_test, dataset.y_test,
-            np.asarray(levels, np.float32))))  # fmt: skip
+        arrays = (dataset.x_train, np.stack(noisy), dataset.x_test, dataset.y_test,
+                  np.asarray(levels, np.float32), dataset.x_val, dataset.y_val)  # fmt: skip
+        self.data = Data(*(None if a is None else self._replicate(a) for a in arrays))
         seeds = jnp.asarray(layout.seeds, jnp.uint32)
         key = lambda i: self._replicate(
             jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), i))(seeds)

@@ -32,7 +32,11 @@ def evaluate(program: Program, state: GridState, data: Data, loss_ids: Array) ->
         y_train = data.y_train[0]
         if data.y_train.shape[0] > 1:
             y_train = data.y_train[jnp.argmax(hp["label_noise"] == data.noise_levels)]
+        nan = jnp.full((), jnp.nan, jnp.float32)
+        val_logits = None if data.x_val is None else program.model.apply(params, data.x_val)
         return {
+            "val_nll": nan if val_logits is None else metrics.nll(val_logits, data.y_val),
+            "val_accuracy": nan if val_logits is None else metrics.accuracy(val_logits, data.y_val),
             "test_loss": jnp.mean(own_loss),
             "test_nll": metrics.nll(test_logits, data.y_test),
             "test_accuracy": metrics.accuracy(test_logits, data.y_test),

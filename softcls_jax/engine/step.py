@@ -38,6 +38,8 @@ Array = jax.Array
 METRICS = (
     "train_loss",  # mean minibatch loss (the config's own loss) over the chunk's steps
     "grad_norm",  # mean global gradient norm over the chunk's steps
+    "val_nll",  # cross-entropy on the validation split (NaN without one): what selection reads
+    "val_accuracy",
     "test_loss",  # the config's own loss on the whole test set
     "test_nll",  # cross-entropy on the test set, comparable across losses
     "test_accuracy",
@@ -69,6 +71,8 @@ class Data(NamedTuple):
     x_test: Array  # (M, D)
     y_test: Array  # (M,) int32
     noise_levels: Array  # (V,) float32: the label-noise fraction of each row of y_train
+    x_val: Array | None = None  # (V', D): the validation split, held out of the training data
+    y_val: Array | None = None  # (V',) int32
 
 
 @dataclasses.dataclass(frozen=True)
