@@ -15,7 +15,7 @@ def _run(module, *args):
 SMOKE = {
     "error_surface": (["--points=21"], ["error_surface.png", "error_surface.json"]),
     "gradients": (["--points=30", "--num_classes=10"], ["gradients.png", "gradients.json"]),
-    "confident_start": (["--steps=20", "--seeds=1", "--lrs=0.1,1.0", "--models=linear"],
+    "confident_start": (["--epochs=1", "--seeds=1", "--lrs=0.1,1.0", "--models=linear"],
                         ["confident_start.png", "confident_start.json"]),
     "calibration": (["--steps=50", "--seeds=1", "--dataset=digits"], ["reliability.png", "calibration.json"]),
     "label_noise": (["--steps=20", "--seeds=1", "--fractions=0,0.5"], ["label_noise.png", "label_noise.json"]),
