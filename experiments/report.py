@@ -49,6 +49,7 @@ FAST = {
     "calibration": ["--steps=1500", "--seeds=2"],
     "label_noise": ["--steps=500", "--seeds=2", "--fractions=0,0.3,0.6"],
     "mnist1d_baselines": ["--steps=1000", "--seeds=2"],
+    "square_loss_classes": ["--classes=10,100", "--steps=300", "--seeds=1"],
     "sweep": ["--loss=ce,mse", "--steps=500", "--seeds=2"],
 }
 EXPERIMENTS = tuple(FAST)
@@ -154,6 +155,18 @@ def render(workdir: pathlib.Path, fast: bool, seconds: dict[str, float]) -> str:
                 out.append(f"| {r['fraction']:g} | {r['loss']} | {r['test_accuracy_mean']:.1f} ± "
                            f"{r['test_accuracy_std']:.1f} | {r['train_ce_mean']:.3f} |")  # fmt: skip
         out += _closing("Expected (C15): with noisy labels the training CE stays above 0.")
+    if sq := _load(workdir, "square_loss_classes", "square_loss_classes.json"):
+        from .square_loss_classes import table as square_table
+
+        out += ["## Square loss as the number of classes grows (Hui & Belkin 2021)", "",
+                "![square loss classes](square_loss_classes/square_loss_classes.png)", "",
+                square_table(sq["rows"])]  # fmt: skip
+        out += _closing(
+            "Selection: the learning rate (and k, M of the rescaled square loss) with the highest "
+            "mean validation accuracy over seeds; test accuracy only reported. Expected (Demirkaya "
+            "et al. 2020; Hui & Belkin 2021): plain square loss falls behind CE as C grows; the "
+            "rescaling (k on the true class, target M) closes the gap."
+        )
     if mb := _load(workdir, "mnist1d_baselines", "mnist1d_baselines.json"):
         out += _section("6. MNIST-1D baselines (Greydanus & Kobak)",
                         "mnist1d_baselines/mnist1d_baselines.png",

@@ -19,6 +19,8 @@ SMOKE = {
                         ["confident_start.png", "confident_start.json"]),
     "calibration": (["--steps=50", "--seeds=1", "--dataset=digits"], ["reliability.png", "calibration.json"]),
     "label_noise": (["--steps=20", "--seeds=1", "--fractions=0,0.5"], ["label_noise.png", "label_noise.json"]),
+    "square_loss_classes": (["--classes=10", "--steps=20", "--seeds=1", "--lrs=0.1"],
+                            ["square_loss_classes.png", "square_loss_classes.json"]),
     "mnist1d_baselines": (["--steps=20", "--seeds=1", "--models=linear,cnn1d", "--losses=ce"],
                           ["mnist1d_baselines.png", "mnist1d_baselines.json"]),
 }  # fmt: skip
