@@ -305,7 +305,11 @@ def claim_workdir(
     except OSError as e:
         raise SettingError("workdir", f"cannot write to {workdir}: {e.strerror or e}") from None
     try:
-        yield prepare_workdir(spec, workdir, overwrite, fingerprint)
+        try:
+            resumable = prepare_workdir(spec, workdir, overwrite, fingerprint)
+        except OSError as e:  # writing spec.json: out of space, …
+            raise SettingError("workdir", f"cannot write to {workdir}: {e.strerror or e}") from None
+        yield resumable
     finally:
         if lock is not None:
             lock.release()
