@@ -303,7 +303,7 @@ def checkpoint_cases(base: pathlib.Path) -> list[Case]:
         "wrong step": lambda p: p["leaves"].__setitem__(last(p, 1), np.asarray(5, np.int32)),
         "step beyond steps": lambda p: (
             p["leaves"].__setitem__(last(p, 1), np.asarray(15, np.int32)),
-            p["history"]["step"].__setitem__(-1, 15),
+            p["history"].__setitem__("step", np.asarray([0, 5, 15])),
         ),
         "wrong lr in state": lambda p: p["leaves"].__setitem__(
             last(p, 3), p["leaves"][last(p, 3)] * 2

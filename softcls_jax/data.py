@@ -105,7 +105,8 @@ def validate(
             raise ValueError(
                 f"{name}: x_{split} has {bad} NaN or inf values; features must be finite"
             )
-        largest = float(np.max(np.abs(x.astype(np.float64, copy=False))))
+        with np.errstate(over="ignore"):  # a long double beyond float64 reads as inf: refused
+            largest = float(np.max(np.abs(x.astype(np.float64, copy=False))))
         if largest > FLOAT32_MAX:
             raise ValueError(
                 f"{name}: x_{split} holds {largest:g}, beyond float32's range (±{FLOAT32_MAX:.4g}); "
