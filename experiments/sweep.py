@@ -159,6 +159,14 @@ def spec_from_flags() -> SweepSpec:
     losses = tuple(LOSSES) if names == ["all"] else tuple(names)
     seeds_count = number("seeds", FLAGS.seeds, int, minimum=1)
     first = number("first_seed", FLAGS.first_seed, int)
+    if not 0 <= first < 2**32:
+        raise FlagError("first_seed", f"must be an integer in [0, 2**32), got {first}")
+    if not FLAGS.workdir.strip():
+        raise FlagError("workdir", "must not be empty (it would write into the current directory)")
+    if FLAGS.model == "mlp" and not FLAGS.hidden:
+        raise FlagError(
+            "hidden", "give at least one hidden width for --model=mlp (e.g. --hidden=128)"
+        )
     spec = SweepSpec(
         losses=losses,
         learning_rates=learning_rates(),
@@ -198,20 +206,39 @@ def flag_of(setting: str) -> str:
 
 
 def initialize_distributed() -> None:
-    """Joins a multi-host run when asked; every process then sees all devices of all hosts."""
+    """Joins a multi-host run when asked; every process then sees all devices of all hosts.
+
+    Raises:
+      FlagError: multi-host flags without ``--distributed``/``--coordinator_address``, a
+        coordinator without ``--num_processes``, or ``jax.distributed.initialize`` failing (e.g.
+        ``--distributed`` off a cluster), with its message.
+    """
     if not (FLAGS.distributed or FLAGS.coordinator_address):
+        for name in ("num_processes", "process_id"):
+            if FLAGS[name].present:
+                raise FlagError(name, "needs --distributed or --coordinator_address")
         return
     count = (
         None if FLAGS.num_processes is None else number("num_processes", FLAGS.num_processes, int)
     )
     index = None if FLAGS.process_id is None else number("process_id", FLAGS.process_id, int)
+    if FLAGS.coordinator_address and count is None:
+        raise FlagError("coordinator_address", "needs --num_processes (and --process_id)")
+    if count is not None and count < 1:
+        raise FlagError("num_processes", f"must be >= 1, got {count}")
     if count is not None and (index is None or not 0 <= index < count):
         raise FlagError(
             "process_id", f"need 0 <= --process_id < --num_processes={count}, got {index}"
         )
     import jax
 
-    jax.distributed.initialize(FLAGS.coordinator_address, count, index)
+    try:
+        jax.distributed.initialize(FLAGS.coordinator_address, count, index)
+    except Exception as e:  # off a cluster, an unreachable coordinator: JAX's own message
+        message = " ".join(str(e).split()) or type(e).__name__
+        raise FlagError(
+            "distributed", f"jax.distributed.initialize failed: {message[:300]}"
+        ) from None
     if jax.process_index() > 0:  # one voice: process 0 prints, as it alone writes
         sys.stdout = open(os.devnull, "w")
 

@@ -17,11 +17,12 @@ import io
 import os
 import pathlib
 import zipfile
+import zlib
 
 import jax
 import numpy as np
 
-from softcls_jax.files import atomic_write
+from softcls_jax.files import atomic_write, writable_dir
 from softcls_jax.labels import corrupt_labels
 
 DATASETS = ("digits", "mnist1d", "blobs", "npz:PATH")
@@ -57,6 +58,10 @@ class Dataset:
         return self.x_train.shape[1]
 
 
+MAX_CLASSES = 100_000  # a class count beyond this is a bad label or file, not a softmax to train
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def validate(
     name: str,
     x_train: np.ndarray,
@@ -67,16 +72,23 @@ def validate(
 ) -> Dataset:
     """Checks every array and returns a float32/int32 :class:`Dataset`.
 
+    The classes are ``0 … C−1``: ``C = num_classes`` if given (every label must be below it), else
+    the labels must cover ``0 … max`` without a gap (a gap means a stray label or a missing class;
+    give ``num_classes`` when some classes have no examples).
+
     Raises:
-      ValueError: on object or non-numeric arrays, wrong ranks, mismatched lengths or feature counts,
-        empty splits, NaN/inf features, non-integer or out-of-range labels, or fewer than 2 classes
-        present in the training labels.
+      ValueError: on object, complex or non-numeric arrays, wrong ranks, mismatched lengths or
+        feature counts, no features, empty splits, NaN/inf features or features beyond float32's
+        range, non-integer or out-of-range labels, a gap in the labels, more than
+        :data:`MAX_CLASSES` classes, or fewer than 2 classes present in the training labels.
     """
     arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
     for key, a in arrays.items():
         a = np.asarray(a)
         if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
             raise ValueError(f"{name}: {key} must be a numeric array, got dtype {a.dtype}")
+        if np.issubdtype(a.dtype, np.complexfloating):
+            raise ValueError(f"{name}: {key} is complex ({a.dtype}); features must be real")
         arrays[key] = a
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
@@ -90,10 +102,19 @@ def validate(
             )
         if x.shape[0] == 0:
             raise ValueError(f"{name}: the {split} split is empty")
+        if x.shape[1] == 0:
+            raise ValueError(f"{name}: x_{split} has no features (shape {x.shape}); need D >= 1")
         if not np.all(np.isfinite(x)):
             bad = int(np.sum(~np.isfinite(x)))
             raise ValueError(
                 f"{name}: x_{split} has {bad} NaN or inf values; features must be finite"
+            )
+        with np.errstate(over="ignore"):  # a long double beyond float64 reads as inf: refused
+            largest = float(np.max(np.abs(x.astype(np.float64, copy=False))))
+        if largest > FLOAT32_MAX:
+            raise ValueError(
+                f"{name}: x_{split} holds {largest:g}, beyond float32's range (±{FLOAT32_MAX:.4g}); "
+                "rescale the features"
             )
         if not np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_:
             raise ValueError(
@@ -108,11 +129,7 @@ def validate(
             f"{name}: x_train has {arrays['x_train'].shape[1]} features, x_test "
             f"{arrays['x_test'].shape[1]}"
         )
-    largest = int(max(arrays["y_train"].max(), arrays["y_test"].max()))
-    if num_classes is None:
-        num_classes = largest + 1
-    elif largest >= num_classes:
-        raise ValueError(f"{name}: label {largest} out of range for {num_classes} classes")
+    num_classes = _classes(name, arrays["y_train"], arrays["y_test"], num_classes)
     present = np.unique(arrays["y_train"]).size
     if present < 2:
         raise ValueError(f"{name}: the training labels hold {present} class; need at least 2")
@@ -124,6 +141,42 @@ def validate(
         arrays["y_test"].astype(np.int32),
         int(num_classes),
     )
+
+
+def _classes(name: str, y_train: np.ndarray, y_test: np.ndarray, num_classes: object) -> int:
+    """The class count: ``num_classes`` checked against the labels, or ``max + 1`` of gap-free
+    labels. Never allocates per class: a label of 2**32 is an error, not a 2**32-class model."""
+    largest = max(int(y_train.max()), int(y_test.max()))
+    if num_classes is not None:
+        if not isinstance(num_classes, (int, np.integer)) or isinstance(num_classes, bool):
+            raise ValueError(f"{name}: num_classes must be an integer, got {num_classes!r}")
+        if not 2 <= num_classes <= MAX_CLASSES:
+            raise ValueError(
+                f"{name}: num_classes must be in [2, {MAX_CLASSES}], got {int(num_classes)}"
+            )
+        if largest >= num_classes:
+            which = "y_train" if int(y_train.max()) == largest else "y_test"
+            raise ValueError(
+                f"{name}: {which} has label {largest}, out of range for {int(num_classes)} classes "
+                f"(labels are 0 … {int(num_classes) - 1})"
+            )
+        return int(num_classes)
+    present = np.unique(np.concatenate([np.unique(y_train), np.unique(y_test)]))
+    if present.size != largest + 1:
+        gaps, missing = [], largest + 1 - present.size
+        previous = -1
+        for v in present.tolist():
+            if v > previous + 1 and len(gaps) < 5:
+                gaps.append(str(previous + 1) if v == previous + 2 else f"{previous + 1}…{v - 1}")
+            previous = v
+        raise ValueError(
+            f"{name}: the labels skip {missing} class(es) between 0 and the largest label "
+            f"{largest}: {', '.join(gaps)}; labels must cover 0 … C−1, or give the class count "
+            "(for an npz, a scalar num_classes array)"
+        )
+    if largest + 1 > MAX_CLASSES:
+        raise ValueError(f"{name}: {largest + 1} classes, more than {MAX_CLASSES}")
+    return largest + 1
 
 
 def from_arrays(
@@ -168,17 +221,34 @@ def cache_dir() -> pathlib.Path:
 
 
 def load_mnist1d() -> Dataset:
-    """MNIST-1D generated locally with ``mnist1d.data.make_dataset`` (default arguments), cached."""
+    """MNIST-1D generated locally with ``mnist1d.data.make_dataset`` (default arguments), cached.
+
+    Raises:
+      ValueError: the cache directory cannot be written (set ``SOFTCLS_CACHE``), or the cache is
+        corrupted.
+    """
     path = cache_dir() / "mnist1d_default.npz"
     if not path.exists():
         from mnist1d.data import get_dataset_args, make_dataset
 
+        try:
+            writable_dir(path.parent)  # before generating: fail fast
+        except OSError as e:
+            raise ValueError(
+                f"mnist1d: cannot write its cache in {path.parent}: {e.strerror or e}; set "
+                "SOFTCLS_CACHE to a writable directory"
+            ) from None
         generated = make_dataset(get_dataset_args())  # generates; get_dataset would download
-        path.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         np.savez(buffer, x_train=generated["x"], y_train=generated["y"],
                  x_test=generated["x_test"], y_test=generated["y_test"])  # fmt: skip
-        atomic_write(path, buffer.getvalue())  # a crash never leaves a half-written cache
+        try:
+            atomic_write(path, buffer.getvalue())  # a crash never leaves a half-written cache
+        except OSError as e:
+            raise ValueError(
+                f"mnist1d: cannot write its cache {path}: {e.strerror or e}; set SOFTCLS_CACHE to "
+                "a writable directory"
+            ) from None
     return load_npz(str(path), name="mnist1d", num_classes=10)
 
 
@@ -191,12 +261,22 @@ def load_blobs(seed: int = 0) -> Dataset:
 
 
 def load_npz(path: str, name: str | None = None, num_classes: int | None = None) -> Dataset:
-    """Loads ``x_train, y_train, x_test, y_test`` from an ``.npz`` file; pickles are never loaded."""
+    """Loads ``x_train, y_train, x_test, y_test`` from an ``.npz`` file; pickles are never loaded.
+
+    An optional scalar integer array ``num_classes`` in the file gives the class count (for data
+    where some classes have no examples); an explicit ``num_classes`` argument must agree with it.
+
+    Raises:
+      ValueError: a missing, unreadable or corrupted file (bad CRC, truncated member), object
+        arrays, or anything :func:`validate` refuses.
+    """
     name = name or f"npz:{path}"
     try:
         loaded = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise ValueError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{name}: is a directory, not an .npz file") from None
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         # numpy falls back to unpickling anything that is neither .npy nor .npz: never allowed.
         raise ValueError(f"{name}: not an .npz file ({e})") from None
@@ -208,14 +288,34 @@ def load_npz(path: str, name: str | None = None, num_classes: int | None = None)
             raise ValueError(
                 f"{name}: missing arrays {missing}; an npz data set needs {list(NPZ_KEYS)}"
             )
-        try:
-            arrays = {k: loaded[k] for k in NPZ_KEYS}
-        except ValueError:
+        keys = (*NPZ_KEYS, "num_classes") if "num_classes" in loaded.files else NPZ_KEYS
+        arrays = {k: _member(loaded, k, name) for k in keys}
+    if "num_classes" in arrays:
+        count = arrays.pop("num_classes")
+        if count.shape != () or not np.issubdtype(count.dtype, np.integer):
             raise ValueError(
-                f"{name}: holds object arrays, which would need unpickling and are never loaded; "
-                "save plain numeric arrays with np.savez"
-            ) from None
+                f"{name}: num_classes must be a scalar integer array, got {count.dtype}"
+                f"{list(count.shape)}"
+            )
+        if num_classes is not None and int(count) != num_classes:
+            raise ValueError(f"{name}: num_classes is {int(count)}, expected {num_classes}")
+        num_classes = int(count)
     return validate(name, num_classes=num_classes, **arrays)
+
+
+def _member(loaded: np.lib.npyio.NpzFile, key: str, name: str) -> np.ndarray:
+    """One array of an npz, its corruption (bad CRC, truncation) a ``ValueError`` naming it."""
+    try:
+        return loaded[key]
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise ValueError(
+                f"{name}: holds object arrays ({key}), which would need unpickling and are never "
+                "loaded; save plain numeric arrays with np.savez"
+            ) from None
+        raise ValueError(f"{name}: array {key} is corrupted or truncated ({e})") from None
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
+        raise ValueError(f"{name}: array {key} is corrupted ({e})") from None
 
 
 def load(name: str, seed: int = 0) -> Dataset:

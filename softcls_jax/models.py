@@ -164,13 +164,20 @@ def make_model(
       residual: skip connections between equal-width hidden layers of ``mlp``.
 
     Raises:
-      ValueError: unknown name or activation, non-positive sizes or scale.
+      ValueError: unknown name or activation, non-positive sizes or scale, or a sequence too short
+        for the ``cnn1d`` conv stack.
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; expected one of {list(MODELS)}")
     if in_features < 1 or num_classes < 2:
         raise ValueError(
             f"need in_features >= 1 and num_classes >= 2, got {in_features}, {num_classes}"
+        )
+    if name == "cnn1d" and _cnn1d_out_length(in_features) < 1:
+        shortest = next(n for n in range(1, 64) if _cnn1d_out_length(n) >= 1)
+        raise ValueError(
+            f"cnn1d needs sequences of at least {shortest} features (its conv stack: kernels "
+            f"{list(CNN1D_KERNELS)}, stride 2, padding 1), got {in_features}"
         )
     if any(h < 1 for h in hidden):
         raise ValueError(f"hidden sizes must be positive, got {list(hidden)}")
@@ -196,6 +203,16 @@ def make_model(
 
     num_params = sum(leaf.size for leaf in jax.tree.leaves(abstract))
     return Model(name, init, apply, num_params)
+
+
+CNN1D_KERNELS = (5, 3, 3)  # the conv stack of CNN1D: each conv has stride 2 and padding 1
+
+
+def _cnn1d_out_length(length: int) -> int:
+    """The sequence length after :class:`CNN1D`'s conv stack (< 1: too short to classify)."""
+    for k in CNN1D_KERNELS:
+        length = (length + 2 - k) // 2 + 1
+    return length
 
 
 def _is_kernel(path: tuple) -> bool:

@@ -60,8 +60,9 @@ def run(
     Args:
       model, dataset, layout, settings: what to train.
       described: the ``settings`` section of the document (default: built from the arguments).
-      checkpoint_path: where to save the whole state after every chunk (atomically).
-      resume: continue from the checkpoint at ``checkpoint_path``.
+      checkpoint_path: where to save the state of the real configs after every chunk (atomically,
+        checksummed, independent of the number of devices).
+      resume: continue from the checkpoint at ``checkpoint_path`` once it passed its checks.
       on_progress: called after every chunk.
       on_resume: called with the step a resumed run continues from.
       tensorboard_dir: if given, every chunk's metrics are appended to TensorBoard event files
@@ -70,13 +71,17 @@ def run(
         only when the data set has no validation split, and flagged as optimistic).
 
     Raises:
-      ValueError: bad settings, or a checkpoint that does not fit.
+      ValueError: bad settings; :class:`~softcls_jax.checkpoint.CheckpointError` for a checkpoint
+        that is corrupted or not of this grid.
+      OSError: a checkpoint could not be written (out of space, …); the last good one stays.
     """
     start = time.perf_counter()
     trainer = Trainer(model, dataset, layout, settings)
     state, history = None, None
-    if resume:
-        host, history = checkpoint.restore(checkpoint_path, trainer.state_template())
+    if resume:  # checked against this grid and settings; saved device-independent, padded here
+        host, history = checkpoint.restore(
+            checkpoint_path, trainer.portable_template(), layout, settings
+        )
         state = trainer.device_state(host)
         if on_resume is not None:
             on_resume(int(state.step))
@@ -95,7 +100,7 @@ def run(
                 log.write(record)
             logged = len(history)
         if checkpoint_path is not None:
-            host = trainer.host_state(state)  # a collective on several hosts: every process joins
+            host = trainer.portable_state(state)  # a collective on several hosts: all join
             if jax.process_index() == 0:
                 checkpoint.save(checkpoint_path, host, history)
         if on_progress is not None:

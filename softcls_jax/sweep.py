@@ -10,11 +10,14 @@ It never prints: progress goes to a callback. Every error names the setting it c
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
+import importlib.metadata
 import json
 import pathlib
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -22,7 +25,7 @@ import numpy as np
 
 from softcls_jax import checkpoint, data, models, runner
 from softcls_jax.engine import AXES, Layout, TrainSettings, check_compatible
-from softcls_jax.files import writable_dir
+from softcls_jax.files import DirLock, LockedError, remove_temporaries, writable_dir
 from softcls_jax.losses import LOSSES
 from softcls_jax.optim import OPTIMIZERS, SCHEDULES
 
@@ -185,25 +188,69 @@ def load_dataset(spec: SweepSpec) -> data.Dataset:
 
 def build_model(spec: SweepSpec, dataset: data.Dataset) -> models.Model:
     """The spec's model for ``dataset`` (its initial scale is the ``init_scale`` axis)."""
-    return models.make_model(spec.model, dataset.num_features, dataset.num_classes,
-                             hidden=spec.hidden, activation=spec.activation)  # fmt: skip
+    try:
+        return models.make_model(spec.model, dataset.num_features, dataset.num_classes,
+                                 hidden=spec.hidden, activation=spec.activation)  # fmt: skip
+    except ValueError as e:
+        raise SettingError("model", f"{spec.model} on {spec.dataset}: {e}") from None
 
 
 SPEC_FILE = "spec.json"
 OWNED_FILES = ("results.json", "results.csv", "summary.md", checkpoint.FILENAME, SPEC_FILE)
+VERSIONED = ("jax", "jaxlib", "flax", "optax", "numpy")  # packages whose versions change numerics
 
 
-def prepare_workdir(spec: SweepSpec, workdir: pathlib.Path, overwrite: bool) -> bool:
+def fingerprint(spec: SweepSpec, dataset: data.Dataset) -> dict[str, Any]:
+    """What a sweep's numbers depend on besides its settings: the data and the package versions.
+
+    ``{"data": {"source", "sha256"}, "versions": {package: version}}``: for ``npz:PATH`` the sha256
+    of the file's bytes; for a built-in or generated set the sha256 of its loaded arrays (dtype,
+    shape and bytes of each, and the class count). Written into ``spec.json`` beside the settings,
+    so a rerun on changed data or other versions is refused rather than resumed.
+    """
+    digest = hashlib.sha256()
+    if spec.dataset.startswith("npz:"):
+        try:
+            with open(spec.dataset[4:], "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError as e:
+            raise SettingError("dataset", f"cannot read {spec.dataset[4:]}: {e.strerror}") from None
+    else:
+        for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
+            if getattr(dataset, name) is None:
+                continue
+            a = np.ascontiguousarray(getattr(dataset, name))
+            digest.update(f"{name} {a.dtype.str} {a.shape}\n".encode())
+            digest.update(a.tobytes())
+        digest.update(f"classes {dataset.num_classes}".encode())
+    versions = {}
+    for package in VERSIONED:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"data": {"source": spec.dataset, "sha256": digest.hexdigest()}, "versions": versions}
+
+
+def prepare_workdir(
+    spec: SweepSpec,
+    workdir: pathlib.Path,
+    overwrite: bool,
+    fingerprint: Mapping[str, Any] | None = None,
+) -> bool:
     """Creates ``workdir`` and claims it for ``spec``; returns True if a checkpoint can be resumed.
 
-    A workdir already holding a sweep with other settings is refused (never silently mixed) unless
-    ``overwrite``, which removes that sweep's files first.
+    A workdir already holding a sweep with other settings, or (given ``fingerprint``) of other data
+    or package versions, is refused (never silently mixed) unless ``overwrite``, which removes that
+    sweep's files first. Takes no lock: :func:`claim_workdir` does, and calls this.
     """
     try:
         writable_dir(workdir)
     except OSError as e:
         raise SettingError("workdir", f"cannot write to {workdir}: {e.strerror or e}") from None
     spec_path = workdir / SPEC_FILE
+    current = spec.as_dict()
     if overwrite:
         for name in (*OWNED_FILES, *runner.PLOTS):
             (workdir / name).unlink(missing_ok=True)
@@ -213,19 +260,82 @@ def prepare_workdir(spec: SweepSpec, workdir: pathlib.Path, overwrite: bool) -> 
             previous = json.loads(spec_path.read_text())
         except (OSError, ValueError):
             previous = None
-        if previous != spec.as_dict():
-            changed = _differences(previous, spec.as_dict())
+        recorded = previous.pop("fingerprint", None) if isinstance(previous, dict) else None
+        if previous != current:
+            changed = _differences(previous, current)
             raise SettingError(
                 "workdir",
                 f"{workdir} holds a sweep with other settings ({changed}); use another --workdir, "
                 "or --overwrite to replace it",
             )
+        if fingerprint is not None and recorded != fingerprint:
+            raise SettingError(
+                "workdir",
+                f"{workdir} holds a sweep {_fingerprint_change(recorded, fingerprint)}; use another "
+                "--workdir, or --overwrite to replace it",
+            )
         return (workdir / checkpoint.FILENAME).exists()
     if jax.process_index() == 0:  # on several hosts, only process 0 writes
         from softcls_jax.results import atomic_write_json
 
-        atomic_write_json(spec_path, spec.as_dict())
+        document = current if fingerprint is None else {**current, "fingerprint": fingerprint}
+        atomic_write_json(spec_path, document)
     return False
+
+
+def _fingerprint_change(previous: Any, current: Mapping[str, Any]) -> str:
+    """``"of other data (npz:d.npz changed: sha256 ab12… -> cd34…)"`` or the versions changed."""
+    if not isinstance(previous, dict) or not {"data", "versions"} <= set(previous):
+        return "whose spec.json records no fingerprint of its data (written by an older version)"
+    old, new = previous["data"], current["data"]
+    if old != new:
+        a, b = str(old.get("sha256"))[:12], str(new["sha256"])[:12]
+        return f"of other data ({new['source']} changed: sha256 {a}… -> {b}…)"
+    old_v, new_v = previous["versions"], current["versions"]
+    changed = ", ".join(f"{k} {old_v.get(k)} -> {new_v.get(k)}" for k in new_v
+                        if old_v.get(k) != new_v.get(k))  # fmt: skip
+    return f"run with other package versions ({changed or 'unknown'})"
+
+
+@contextlib.contextmanager
+def claim_workdir(
+    spec: SweepSpec,
+    workdir: pathlib.Path,
+    overwrite: bool,
+    fingerprint: Mapping[str, Any] | None = None,
+) -> Iterator[bool]:
+    """Holds ``workdir``'s lock for the ``with`` block and claims it (:func:`prepare_workdir`);
+    yields whether a checkpoint can be resumed.
+
+    The lock (:class:`~softcls_jax.files.DirLock`, an advisory ``flock`` the OS drops when the
+    process dies) is taken before anything else is written; a workdir locked by a live process is
+    refused naming its pid, ``overwrite`` or not. While holding it, temporaries an earlier crash left
+    are removed. On several hosts only process 0 locks and cleans.
+    """
+    lock = None
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        if jax.process_index() == 0:
+            lock = DirLock(workdir).acquire()
+            remove_temporaries(workdir, (*OWNED_FILES, *runner.PLOTS))
+    except LockedError as e:
+        holder = f"process {e.pid}" if e.pid is not None else "another process"
+        raise SettingError(
+            "workdir",
+            f"{workdir} is in use by {holder} (a sweep running there); wait for it to finish or use "
+            "another --workdir",
+        ) from None
+    except OSError as e:
+        raise SettingError("workdir", f"cannot write to {workdir}: {e.strerror or e}") from None
+    try:
+        try:
+            resumable = prepare_workdir(spec, workdir, overwrite, fingerprint)
+        except OSError as e:  # writing spec.json: out of space, …
+            raise SettingError("workdir", f"cannot write to {workdir}: {e.strerror or e}") from None
+        yield resumable
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _differences(previous: Any, current: dict) -> str:
@@ -247,28 +357,44 @@ def run_sweep(
     """Trains the sweep and writes ``results.json``, ``results.csv``, ``summary.md`` and plots.
 
     The state is checkpointed after every chunk; running the same spec on the same workdir again
-    resumes from the last checkpoint and gives the same results as an uninterrupted run. Every input
-    is validated before anything is written into ``workdir``. With ``tensorboard``, every chunk's
-    metrics also go to TensorBoard event files in ``workdir/tensorboard``.
+    resumes from the last checkpoint (checked, on any number of devices) and gives the same results
+    as an uninterrupted run. Every input is validated before anything is written into ``workdir``;
+    the workdir is locked for the whole run (:func:`claim_workdir`), and ``spec.json`` records the
+    settings and the :func:`fingerprint` of data and versions that a rerun must match. With
+    ``tensorboard``, every chunk's metrics also go to event files in ``workdir/tensorboard``.
+
+    Raises:
+      SettingError: a bad setting or input, a workdir in use or of another sweep, a corrupted
+        checkpoint, or a failed write into ``workdir`` (out of space, …), naming the setting.
 
     Returns:
       The ``results.json`` document.
     """
     spec.validate()
+    if not str(workdir).strip():
+        raise SettingError("workdir", "must not be empty")
     dataset = load_dataset(spec)
     model = build_model(spec, dataset)
+    prints = fingerprint(spec, dataset)
     workdir = pathlib.Path(workdir)
-    resumable = prepare_workdir(spec, workdir, overwrite)
-    try:
-        result = runner.run(
-            model, dataset, spec.layout(), spec.train_settings(), described=spec.as_dict(),
-            checkpoint_path=workdir / checkpoint.FILENAME, resume=resumable,
-            on_progress=on_progress, on_resume=on_resume,
-            tensorboard_dir=workdir / runner.TENSORBOARD if tensorboard else None,
-            select_on=spec.select_on,
-        )  # fmt: skip
-    except checkpoint.CheckpointError as e:
-        raise SettingError("workdir", f"{e}; remove it or use --overwrite") from None
-    if jax.process_index() == 0:  # on several hosts, only process 0 writes results
-        runner.write_outputs(result.document, workdir)
+    with claim_workdir(spec, workdir, overwrite, prints) as resumable:
+        try:
+            result = runner.run(
+                model, dataset, spec.layout(), spec.train_settings(), described=spec.as_dict(),
+                checkpoint_path=workdir / checkpoint.FILENAME, resume=resumable,
+                on_progress=on_progress, on_resume=on_resume,
+                tensorboard_dir=workdir / runner.TENSORBOARD if tensorboard else None,
+                select_on=spec.select_on,
+            )  # fmt: skip
+            if jax.process_index() == 0:  # on several hosts, only process 0 writes results
+                runner.write_outputs(result.document, workdir)
+        except checkpoint.CheckpointError as e:
+            raise SettingError("workdir", f"{e}; remove it or use --overwrite") from None
+        except OSError as e:  # out of space, a read-only disk: the last good checkpoint stays
+            where = f" ({e.filename})" if e.filename else ""
+            raise SettingError(
+                "workdir",
+                f"cannot write to {workdir}: {e.strerror or e}{where}; the last good "
+                "checkpoint stays, rerun to resume once there is room",
+            ) from None
     return result.document

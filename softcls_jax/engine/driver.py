@@ -166,8 +166,39 @@ class Trainer:
             return multihost_utils.process_allgather(state, tiled=True)
         return jax.device_get(state)
 
+    def portable_state(self, state: GridState) -> GridState:
+        """The state of the real configs as host arrays: every ``(S, K', ...)`` leaf cut to
+        ``(S, K, ...)``. It does not depend on the devices, so a checkpoint of it resumes on any
+        number of them (:meth:`device_state` pads it again)."""
+        real = self.layout.real_k
+        return jax.tree.map(lambda a: np.asarray(a)[:, real] if np.ndim(a) >= 2 else np.asarray(a),
+                            self.host_state(state))  # fmt: skip
+
+    def portable_template(self) -> GridState:
+        """Shapes and dtypes of :meth:`portable_state` (the real configs only)."""
+        k = len(self.layout.real_k)
+        cut = lambda a: jax.ShapeDtypeStruct((a.shape[0], k, *a.shape[2:]) if a.ndim >= 2
+                                             else a.shape, a.dtype)  # fmt: skip
+        return jax.tree.map(cut, self.state_template())
+
+    def padded_k(self) -> np.ndarray:
+        """``(K',)``: the real config each padded position copies (itself for a real one; padding
+        repeats the last combination of its loss group, as :meth:`Layout.hparams` does)."""
+        r, rp = len(self.layout.combos()), self.layout.group_size
+        return np.array([g * r + min(i, r - 1) for g in range(len(self.layout.losses))
+                         for i in range(rp)])  # fmt: skip
+
     def device_state(self, host: GridState) -> GridState:
-        """Puts a host state (a restored checkpoint) on the devices, sharded like ``init_state``."""
+        """Puts a host state on the devices, sharded like ``init_state``.
+
+        ``host`` is either the padded state (:meth:`host_state`) or the real configs' state
+        (:meth:`portable_state`, e.g. a checkpoint written on another number of devices), which
+        is padded here for this trainer's layout.
+        """
+        kp, k = self.layout.padded_shape[1], len(self.layout.real_k)
+        pad = self.padded_k()
+        repad = lambda a: np.take(a, pad, axis=1) if np.ndim(a) >= 2 and a.shape[1] == k else a
+        host = jax.tree.map(lambda a: repad(np.asarray(a)) if kp != k else np.asarray(a), host)
         if self.mesh is None:
             return jax.tree.map(jnp.asarray, host)
         return jax.tree.map(lambda a: self._put(a, np.ndim(a)), host)
