@@ -1,4 +1,11 @@
-"""The reference workload that ``bench`` and ``profile_step`` measure (no flags: importable anywhere)."""
+"""The workloads that ``bench`` and ``profile_step`` measure (no flags: importable anywhere).
+
+* ``mlp`` (the reference): ``num_lrs`` rates 1e-3 … 1 × {CE, MSE}, MLP 64-128-10 on digits, SGD,
+  batch 128.
+* ``cnn1d``: ``G`` rates 1e-3 … 0.1, CE, the MNIST-1D CNN on mnist1d, Adam, batch 100 (the issue's
+  sweep: ``--dataset=mnist1d --model=cnn1d --optimizer=adam --batch_size=100``).
+* ``cnn2d``: ``G`` rates 1e-4 … 1e-2, CE, the LeNet-5-like CNN on MNIST images, Adam, batch 100.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,9 @@ from softcls_jax import data, engine, models
 
 HIDDEN = 128
 BATCH = 128
+WORKLOADS = ("mlp", "cnn1d", "cnn2d")
+CNN_BATCH = 100
+CNN_RATES = {"cnn1d": (1e-3, 1e-1), "cnn2d": (1e-4, 1e-2)}
 
 
 def workload(num_lrs: int, steps: int, dataset: data.Dataset) -> engine.Trainer:
@@ -16,6 +26,22 @@ def workload(num_lrs: int, steps: int, dataset: data.Dataset) -> engine.Trainer:
     lrs = tuple(float(x) for x in np.logspace(-3, 0, num_lrs))
     return engine.Trainer(model, dataset, engine.Layout(("ce", "mse"), lrs, (0,)),
                           engine.TrainSettings("sgd", steps, BATCH, steps))  # fmt: skip
+
+
+def cnn_model(name: str, dataset: data.Dataset) -> models.Model:
+    """The ``cnn1d`` or ``cnn2d`` workload's model for ``dataset`` (default sizes)."""
+    return models.make_model(name, dataset.num_features, dataset.num_classes,
+                             image_shape=dataset.image_shape)  # fmt: skip
+
+
+def cnn_workload(name: str, num_configs: int, steps: int, dataset: data.Dataset) -> engine.Trainer:
+    """``num_configs`` log-spaced Adam learning rates × CE × seed 0 of the ``name`` CNN, batch 100."""
+    if name not in CNN_RATES:
+        raise ValueError(f"unknown CNN workload {name!r}; expected one of {list(CNN_RATES)}")
+    lo, hi = CNN_RATES[name]
+    lrs = tuple(float(x) for x in np.logspace(np.log10(lo), np.log10(hi), num_configs))
+    return engine.Trainer(cnn_model(name, dataset), dataset, engine.Layout(("ce",), lrs, (0,)),
+                          engine.TrainSettings("adam", steps, CNN_BATCH, steps))  # fmt: skip
 
 
 def batch_stream(trainer: engine.Trainer, steps: int) -> np.ndarray:

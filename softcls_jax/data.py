@@ -39,6 +39,8 @@ class Dataset:
       x_test: ``(M, D)`` float32.
       y_test: ``(M,)`` int32 in ``[0, C)``.
       num_classes: ``C``.
+      image_shape: ``(H, W, C)`` when each row of ``x`` is an image flattened row-major (HWC), as
+        the image loaders of :mod:`softcls_jax.images` set it; None otherwise.
     """
 
     name: str
@@ -47,6 +49,7 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
+    image_shape: tuple[int, int, int] | None = None
 
     @property
     def num_features(self) -> int:
