@@ -24,7 +24,7 @@ import numpy as np
 from softcls_jax.files import atomic_write
 from softcls_jax.labels import corrupt_labels
 
-DATASETS = ("digits", "mnist1d", "blobs", "npz:PATH")
+DATASETS = ("digits", "mnist1d", "blobs", "npz:PATH", "mnist5k", "idx:DIR", "cifar10:DIR")
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
@@ -227,6 +227,10 @@ def load(name: str, seed: int = 0) -> Dataset:
         return load_blobs(seed)
     if name.startswith("npz:") and len(name) > 4:
         return load_npz(name[4:])
+    if name == "mnist5k" or name.startswith(("idx:", "cifar10:")):  # images: softcls_jax.images
+        from softcls_jax import images
+
+        return images.load(name)
     raise ValueError(f"unknown dataset {name!r}; expected one of {list(DATASETS)}")
 
 
