@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from softcls_jax import data, engine, models
@@ -47,3 +49,22 @@ def cnn_workload(name: str, num_configs: int, steps: int, dataset: data.Dataset)
 def batch_stream(trainer: engine.Trainer, steps: int) -> np.ndarray:
     """The engine's minibatch indices of seed 0, ``(steps, B)``: every contender trains on these."""
     return np.asarray(trainer.batch_indices(0, steps)[:, 0])
+
+
+def synthetic_images(
+    n_train: int = 4000,
+    n_test: int = 1000,
+    shape: tuple[int, int, int] = (28, 28, 1),
+    seed: int = 0,
+) -> data.Dataset:
+    """A stand-in image set when no MNIST is installed: 10 random class templates plus noise,
+    ``x = t_y + 2 ε`` per pixel, standardised; ``image_shape`` set. Used only where stated."""
+    rng = np.random.default_rng(seed)
+    templates = rng.normal(size=(10, *shape))
+    make = lambda n: (lambda y: (templates[y] + 2 * rng.normal(size=(n, *shape)), y))(
+        rng.integers(0, 10, n)
+    )
+    (x_train, y_train), (x_test, y_test) = make(n_train), make(n_test)
+    flat = lambda x: (x / x_train.std()).reshape(x.shape[0], -1)
+    dataset = data.validate("synthetic_images", flat(x_train), y_train, flat(x_test), y_test, 10)
+    return dataclasses.replace(dataset, image_shape=shape)
