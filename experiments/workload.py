@@ -1,6 +1,15 @@
-"""The reference workload that ``bench`` and ``profile_step`` measure (no flags: importable anywhere)."""
+"""The workloads that ``bench`` and ``profile_step`` measure (no flags: importable anywhere).
+
+* ``mlp`` (the reference): ``num_lrs`` rates 1e-3 … 1 × {CE, MSE}, MLP 64-128-10 on digits, SGD,
+  batch 128.
+* ``cnn1d``: ``G`` rates 1e-3 … 0.1, CE, the MNIST-1D CNN on mnist1d, Adam, batch 100 (the issue's
+  sweep: ``--dataset=mnist1d --model=cnn1d --optimizer=adam --batch_size=100``).
+* ``cnn2d``: ``G`` rates 1e-4 … 1e-2, CE, the LeNet-5-like CNN on MNIST images, Adam, batch 100.
+"""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 
@@ -8,6 +17,9 @@ from softcls_jax import data, engine, models
 
 HIDDEN = 128
 BATCH = 128
+WORKLOADS = ("mlp", "cnn1d", "cnn2d")
+CNN_BATCH = 100
+CNN_RATES = {"cnn1d": (1e-3, 1e-1), "cnn2d": (1e-4, 1e-2)}
 
 
 def workload(num_lrs: int, steps: int, dataset: data.Dataset) -> engine.Trainer:
@@ -18,6 +30,41 @@ def workload(num_lrs: int, steps: int, dataset: data.Dataset) -> engine.Trainer:
                           engine.TrainSettings("sgd", steps, BATCH, steps))  # fmt: skip
 
 
+def cnn_model(name: str, dataset: data.Dataset) -> models.Model:
+    """The ``cnn1d`` or ``cnn2d`` workload's model for ``dataset`` (default sizes)."""
+    return models.make_model(name, dataset.num_features, dataset.num_classes,
+                             image_shape=dataset.image_shape)  # fmt: skip
+
+
+def cnn_workload(name: str, num_configs: int, steps: int, dataset: data.Dataset) -> engine.Trainer:
+    """``num_configs`` log-spaced Adam learning rates × CE × seed 0 of the ``name`` CNN, batch 100."""
+    if name not in CNN_RATES:
+        raise ValueError(f"unknown CNN workload {name!r}; expected one of {list(CNN_RATES)}")
+    lo, hi = CNN_RATES[name]
+    lrs = tuple(float(x) for x in np.logspace(np.log10(lo), np.log10(hi), num_configs))
+    return engine.Trainer(cnn_model(name, dataset), dataset, engine.Layout(("ce",), lrs, (0,)),
+                          engine.TrainSettings("adam", steps, CNN_BATCH, steps))  # fmt: skip
+
+
 def batch_stream(trainer: engine.Trainer, steps: int) -> np.ndarray:
     """The engine's minibatch indices of seed 0, ``(steps, B)``: every contender trains on these."""
     return np.asarray(trainer.batch_indices(0, steps)[:, 0])
+
+
+def synthetic_images(
+    n_train: int = 4000,
+    n_test: int = 1000,
+    shape: tuple[int, int, int] = (28, 28, 1),
+    seed: int = 0,
+) -> data.Dataset:
+    """A stand-in image set when no MNIST is installed: 10 random class templates plus noise,
+    ``x = t_y + 2 ε`` per pixel, standardised; ``image_shape`` set. Used only where stated."""
+    rng = np.random.default_rng(seed)
+    templates = rng.normal(size=(10, *shape))
+    make = lambda n: (lambda y: (templates[y] + 2 * rng.normal(size=(n, *shape)), y))(
+        rng.integers(0, 10, n)
+    )
+    (x_train, y_train), (x_test, y_test) = make(n_train), make(n_test)
+    flat = lambda x: (x / x_train.std()).reshape(x.shape[0], -1)
+    dataset = data.validate("synthetic_images", flat(x_train), y_train, flat(x_test), y_test, 10)
+    return dataclasses.replace(dataset, image_shape=shape)

@@ -25,7 +25,7 @@ import numpy as np
 from softcls_jax.files import atomic_write, writable_dir
 from softcls_jax.labels import corrupt_labels
 
-DATASETS = ("digits", "mnist1d", "blobs", "npz:PATH")
+DATASETS = ("digits", "mnist1d", "blobs", "npz:PATH", "mnist5k", "idx:DIR", "cifar10:DIR")
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
@@ -42,6 +42,8 @@ class Dataset:
       num_classes: ``C``.
       x_val, y_val: a validation split held out of the training data (:func:`with_validation`),
         or None. Selection (learning rates, any hyperparameter) looks at it, never at the test set.
+      image_shape: ``(H, W, C)`` when each row of ``x`` is an image flattened row-major (HWC), as
+        the image loaders of :mod:`softcls_jax.images` set it; None otherwise.
     """
 
     name: str
@@ -52,6 +54,7 @@ class Dataset:
     num_classes: int
     x_val: np.ndarray | None = None
     y_val: np.ndarray | None = None
+    image_shape: tuple[int, int, int] | None = None
 
     @property
     def num_features(self) -> int:
@@ -328,6 +331,10 @@ def load(name: str, seed: int = 0) -> Dataset:
         return load_blobs(seed)
     if name.startswith("npz:") and len(name) > 4:
         return load_npz(name[4:])
+    if name == "mnist5k" or name.startswith(("idx:", "cifar10:")):  # images: softcls_jax.images
+        from softcls_jax import images
+
+        return images.load(name)
     raise ValueError(f"unknown dataset {name!r}; expected one of {list(DATASETS)}")
 
 

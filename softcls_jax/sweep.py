@@ -187,7 +187,16 @@ def load_dataset(spec: SweepSpec) -> data.Dataset:
 
 
 def build_model(spec: SweepSpec, dataset: data.Dataset) -> models.Model:
-    """The spec's model for ``dataset`` (its initial scale is the ``init_scale`` axis)."""
+    """The spec's model for ``dataset`` (its initial scale is the ``init_scale`` axis).
+
+    ``cnn2d`` takes the images' shape from the data set and keeps its LeNet-5 sizes (``hidden`` is
+    the mlp's); on flat data without an image shape it is a :class:`SettingError` of ``model``."""
+    if spec.model == "cnn2d":
+        try:
+            return models.make_model("cnn2d", dataset.num_features, dataset.num_classes,
+                                     image_shape=dataset.image_shape)  # fmt: skip
+        except ValueError as e:
+            raise SettingError("model", f"{dataset.name}: {e}") from None
     try:
         return models.make_model(spec.model, dataset.num_features, dataset.num_classes,
                                  hidden=spec.hidden, activation=spec.activation)  # fmt: skip

@@ -47,3 +47,62 @@ def test_batch_stream_is_the_engines_epoch_order(setup):
 
 def test_matmul_peak_is_positive():
     assert bench.matmul_peak(n=128, repeats=2) > 0
+
+
+# ------------------------------------------------------------------ CNN workloads
+
+
+@pytest.fixture(scope="module")
+def cnn_setups():
+    from experiments.workload import synthetic_images
+
+    out = {}
+    for name, dataset in (("cnn1d", data.load("mnist1d")), ("cnn2d", synthetic_images(600, 200))):
+        steps = 20
+        reference = bench.cnn_workload(name, 2, steps, dataset)
+        params0 = jax.tree.map(lambda a: a[0, 0], jax.device_get(reference.init_state().params))
+        out[name] = dataset, steps, params0, bench.batch_stream(reference, steps)
+    return out
+
+
+@pytest.mark.parametrize("name", ["cnn1d", "cnn2d"])
+def test_cnn_sweep_and_naive_jax_agree(cnn_setups, name):
+    dataset, steps, params0, batches = cnn_setups[name]
+    sweep = bench.run_cnn_sweep(name, dataset, 2, steps)
+    naive = bench.run_cnn_naive_jax(name, dataset, 2, steps, params0, batches)
+    assert len(sweep["accuracy"]) == 2 and naive["compile_s"] > 0
+    m = dataset.x_test.shape[0]
+    np.testing.assert_allclose(sweep["accuracy"], naive["accuracy"], atol=2 / m + 1e-9)
+
+
+@pytest.mark.parametrize("name", ["cnn1d", "cnn2d"])
+def test_torch_cnn_computes_the_same_logits(cnn_setups, name):
+    # The PyTorch contender starts from the same function: NCHW layout and kernels converted.
+    torch = pytest.importorskip("torch")
+    dataset, _, params0, _ = cnn_setups[name]
+    model = bench.cnn_workload(name, 1, 1, dataset).model
+    net = bench.torch_cnn(torch, name, params0, dataset)
+    x = dataset.x_test[:16]
+    with torch.no_grad():
+        logits = net(bench._torch_images(torch, name, x, dataset)).numpy()
+    np.testing.assert_allclose(logits, model.apply(params0, x), rtol=1e-4, atol=1e-4)
+
+
+def test_cnn_torch_loop_agrees_when_torch_is_installed(cnn_setups):
+    pytest.importorskip("torch")
+    dataset, steps, params0, batches = cnn_setups["cnn1d"]
+    sweep = bench.run_cnn_sweep("cnn1d", dataset, 2, steps)
+    loop = bench.run_cnn_torch_loop("cnn1d", dataset, 2, steps, params0, batches)
+    np.testing.assert_allclose(loop["accuracy"], sweep["accuracy"], atol=0.02)  # ≤ 20 of 1000
+
+
+def test_cnn_targets_read_the_rows():
+    rows = [
+        {"configs": g, "contender": c, "sweep_speedup": s, "config_examples_per_s": t,
+         "steady_config_examples_per_s": t, "peak_share": p}
+        for g, c, s, t, p in [(8, "sweep", 1, 1.0, 0.2), (32, "torch_loop", 5.0, 0.1, 0.0),
+                              (128, "sweep", 1, 1.6, 0.3)]
+    ]  # fmt: skip
+    targets = bench.cnn_targets("cnn1d", rows, (8, 32, 128))
+    assert [t["met"] for t in targets] == [True, True, True]
+    assert not bench.cnn_targets("cnn2d", rows[:1], (8,))[0]["met"]

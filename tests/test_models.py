@@ -86,3 +86,142 @@ def test_bad_model_settings(kwargs, message):
     args = {"name": "mlp", "in_features": 4, "num_classes": 3} | kwargs
     with pytest.raises(ValueError, match=message):
         models.make_model(**args)
+
+
+# ------------------------------------------------------------------ fast convolutions
+
+
+@pytest.mark.parametrize(
+    ("kernel_size", "strides", "padding", "shape"),
+    [
+        ((5,), (2,), [(1, 1)], (6, 40, 1)),  # cnn1d's first layer
+        ((3,), (2,), [(1, 2)], (4, 19, 5)),  # asymmetric padding, odd length
+        ((3,), (1,), "VALID", (3, 9, 2)),
+        ((5, 5), (1, 1), [(2, 2), (2, 2)], (2, 12, 12, 1)),  # cnn2d's first layer
+        ((3, 2), (2, 1), [(1, 0), (2, 1)], (3, 9, 7, 3)),  # strides and padding per axis
+        ((2, 2), (2, 2), 1, (2, 6, 5, 4)),
+    ],
+)
+def test_conv_matmul_equals_nnx_conv(kernel_size, strides, padding, shape):
+    from flax import nnx
+
+    conv = nnx.Conv(shape[-1], 7, kernel_size=kernel_size, strides=strides, padding=padding,
+                    rngs=nnx.Rngs(0))  # fmt: skip
+    conv.bias[...] = jax.random.normal(jax.random.key(1), conv.bias[...].shape)
+    x = jax.random.normal(jax.random.key(2), shape)
+    np.testing.assert_allclose(models.conv_matmul(conv, x), conv(x), rtol=1e-5, atol=1e-5)
+
+
+def test_conv_matmul_vmapped_over_kernels_equals_each_conv():
+    # The engine's case: per-config kernels, one shared input (a wide matmul) or per-config inputs.
+    from flax import nnx
+
+    conv = nnx.Conv(3, 5, kernel_size=(3, 3), strides=(2, 2), padding=[(1, 1)] * 2,
+                    rngs=nnx.Rngs(0))  # fmt: skip
+    graphdef, params = nnx.split(conv)
+    stacked = jax.tree.map(
+        lambda p: p + jax.random.normal(jax.random.key(3), (4, *p.shape)), params
+    )
+    x = jax.random.normal(jax.random.key(4), (2, 8, 8, 3))
+    xs = jax.random.normal(jax.random.key(5), (4, 2, 8, 8, 3))
+    fast = lambda p, x: models.conv_matmul(nnx.merge(graphdef, p), x)
+    plain = lambda p, x: nnx.merge(graphdef, p)(x)
+    np.testing.assert_allclose(jax.vmap(fast, (0, None))(stacked, x),
+                               jax.vmap(plain, (0, None))(stacked, x), rtol=1e-5, atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(jax.vmap(fast)(stacked, xs), jax.vmap(plain)(stacked, xs),
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
+
+
+def test_conv_matmul_refuses_what_it_does_not_compute():
+    from flax import nnx
+
+    conv = nnx.Conv(1, 2, kernel_size=(3,), padding="SAME", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="padding pairs"):
+        models.conv_matmul(conv, jnp.ones((1, 5, 1)))
+    conv = nnx.Conv(2, 2, kernel_size=(3,), feature_group_count=2, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="plain convolutions only"):
+        models.conv_matmul(conv, jnp.ones((1, 5, 2)))
+
+
+def _nnx_reference(model_name, **kwargs):
+    """The same networks written with nnx.Conv's own call and nnx.max_pool / avg_pool."""
+    from flax import nnx
+
+    class Ref1D(models.CNN1D):
+        def __call__(self, x):
+            h = x[..., None]
+            for conv in self.convs:
+                h = jax.nn.relu(conv(h))
+            return self.out(h.reshape(*h.shape[:-2], -1))
+
+    class Ref2D(models.CNN2D):
+        def __call__(self, x):
+            h = x.reshape(-1, *self.image_shape)
+            pool = nnx.max_pool if self.pool == "max" else nnx.avg_pool
+            for conv in self.convs:
+                h = pool(jax.nn.relu(conv(h)), (2, 2), strides=(2, 2))
+            h = h.reshape(h.shape[0], -1)
+            for layer in self.dense:
+                h = jax.nn.relu(layer(h))
+            return self.out(h)
+
+    cls = Ref1D if model_name == "cnn1d" else Ref2D
+    return models.from_nnx(lambda rngs: cls(**kwargs, rngs=rngs))
+
+
+@pytest.mark.parametrize(
+    ("name", "make_kwargs", "ref_kwargs", "shape"),
+    [
+        ("cnn1d", {"in_features": 40}, {"length": 40, "num_classes": 10}, (5, 40)),
+        ("cnn2d", {"in_features": 784, "image_shape": (28, 28, 1)},
+         {"image_shape": (28, 28, 1), "num_classes": 10}, (3, 784)),
+        ("cnn2d", {"in_features": 36 * 40 * 3, "image_shape": (36, 40, 3), "channels": (4, 5, 3),
+                   "hidden": (7,), "pool": "mean"},
+         {"image_shape": (36, 40, 3), "num_classes": 10, "channels": (4, 5, 3), "hidden": (7,),
+          "pool": "mean"}, (2, 36, 40, 3)),
+    ],
+)  # fmt: skip
+def test_cnns_equal_their_nnx_conv_reference(name, make_kwargs, ref_kwargs, shape):
+    # The fast path (im2col + matmul, reshape pooling) against nnx.Conv / nnx.max_pool on random
+    # parameters (biases too): same parameter tree, same logits to float32 rounding, same gradients.
+    model = models.make_model(name, num_classes=10, **make_kwargs)
+    reference = _nnx_reference(name, **ref_kwargs)
+    p = model.init(jax.random.key(0))
+    leaves, tree = jax.tree.flatten(p)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    p = jax.tree.unflatten(tree, [w + 0.1 * jax.random.normal(k, w.shape) for w, k in
+                                  zip(leaves, keys, strict=True)])  # fmt: skip
+    assert jax.tree.structure(p) == jax.tree.structure(reference.init(jax.random.key(0)))
+    assert model.num_params == reference.num_params
+    x = jax.random.normal(jax.random.key(2), shape)
+    np.testing.assert_allclose(model.apply(p, x), reference.apply(p, x), rtol=1e-5, atol=1e-5)
+    grad = lambda m: jax.grad(lambda q: jnp.sum(jnp.sin(m.apply(q, x))))(p)
+    for a, b in zip(jax.tree.leaves(grad(model)), jax.tree.leaves(grad(reference)), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(b))))
+
+
+def test_cnn2d_is_lenet5_by_default():
+    model = models.make_model("cnn2d", 784, 10, image_shape=(28, 28, 1))
+    p = model.init(jax.random.key(0))
+    assert model.num_params == 61706  # LeNet-5's parameter count
+    assert p["convs"][0]["kernel"].shape == (5, 5, 1, 6)
+    assert p["dense"][0]["kernel"].shape == (400, 120)  # 5 × 5 × 16 after two pools
+    x = jax.random.normal(jax.random.key(1), (4, 784))
+    np.testing.assert_array_equal(model.apply(p, x), model.apply(p, x.reshape(4, 28, 28, 1)))
+    assert model.apply(p, x.reshape(2, 2, 784)).shape == (2, 2, 10)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "cnn2d needs the images' shape"),
+        ({"image_shape": (28, 28)}, r"image_shape must be \(H, W, C\)"),
+        ({"image_shape": (28, 28, 3)}, "holds 2352 values but in_features is 784"),
+        ({"image_shape": (28, 28, 1), "channels": 6}, "one positive int per conv stage"),
+        ({"image_shape": (28, 28, 1), "channels": (6, 16, 16)}, "too small"),
+        ({"image_shape": (28, 28, 1), "pool": "min"}, "unknown pool 'min'"),
+    ],
+)
+def test_bad_cnn2d_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        models.make_model("cnn2d", 784, 10, **kwargs)
