@@ -47,7 +47,7 @@ KILL = ["--loss=ce,mse", "--num_lrs=3", "--seeds=2", "--steps=300", "--eval_ever
         "--hidden=16", "--batch_size=32"]  # fmt: skip
 DEVICES = ["--loss=ce,mse", "--lrs=0.01,0.1,0.5", "--seeds=2", "--steps=60", "--eval_every=20",
            "--hidden=16", "--batch_size=64"]  # fmt: skip  # short and stable: compared to rtol 1e-5
-SWEEP = [sys.executable, "-u", "-m", "experiments.sweep"]
+SWEEP = [sys.executable, "-u", "-m", f"{__package__}.sweep"]
 
 
 @dataclasses.dataclass
