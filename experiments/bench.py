@@ -97,11 +97,10 @@ def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
 # ------------------------------------------------------------------ contenders
 
 
-def run_sweep(dataset, num_lrs, steps) -> dict:
-    """The engine, timed three ways: wall (all in), compile (its init, minibatch-index, chunk and
-    evaluation programs), and steady (a second run of the compiled chunk from a fresh state: what the
-    compiled program itself achieves)."""
-    trainer = workload(num_lrs, steps, dataset)
+def time_trainer(trainer, steps: int) -> dict:
+    """An engine trainer timed three ways: wall (all in), compile (tracing and XLA compilation of
+    its init, minibatch-index, chunk and evaluation programs), and steady (a second run of the
+    compiled chunk from a fresh state: what the compiled program itself achieves)."""
     start = time.perf_counter()
     state, history = trainer.train(state=trainer.init_state(), history=[])
     jax.block_until_ready(state)
@@ -112,6 +111,11 @@ def run_sweep(dataset, num_lrs, steps) -> dict:
     compile_s = trainer.trace_seconds + trainer.compile_seconds  # as naive JAX's lower + compile
     return {"wall_s": wall, "compile_s": compile_s, "run_s": wall - compile_s, "steady_s": steady,
             "accuracy": history[-1]["test_accuracy"][0].tolist()}  # fmt: skip
+
+
+def run_sweep(dataset, num_lrs, steps) -> dict:
+    """The engine on the reference grid."""
+    return time_trainer(workload(num_lrs, steps, dataset), steps)
 
 
 def run_naive_jax(dataset, num_lrs, steps, params0, batches) -> dict:
@@ -375,17 +379,7 @@ def forward_flop(model, dataset) -> float:
 
 def run_cnn_sweep(name: str, dataset, num_configs: int, steps: int) -> dict:
     """The engine on the CNN grid, timed as :func:`run_sweep` times the reference."""
-    trainer = cnn_workload(name, num_configs, steps, dataset)
-    start = time.perf_counter()
-    state, history = trainer.train(state=trainer.init_state(), history=[])
-    jax.block_until_ready(state)
-    wall = time.perf_counter() - start
-    t0 = time.perf_counter()
-    jax.block_until_ready(trainer.run_chunk(trainer.init_state(), steps))
-    steady = time.perf_counter() - t0
-    compile_s = trainer.trace_seconds + trainer.compile_seconds  # as naive JAX's lower + compile
-    return {"wall_s": wall, "compile_s": compile_s, "run_s": wall - compile_s, "steady_s": steady,
-            "accuracy": history[-1]["test_accuracy"][0].tolist()}  # fmt: skip
+    return time_trainer(cnn_workload(name, num_configs, steps, dataset), steps)
 
 
 def run_cnn_naive_jax(name: str, dataset, num_configs: int, steps: int, params0, batches) -> dict:
