@@ -322,7 +322,8 @@ def test_kill_9_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_pa
             proc.wait(timeout=float(rng.uniform(0, 0.5)))  # ...and a random moment later
         except subprocess.TimeoutExpired:
             pass
-        os.kill(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:  # it may have finished within the random delay: nothing to kill
+            os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     done = subprocess.run([*sweep_cmd, f"--workdir={work}"], capture_output=True, text=True,
                           timeout=600, check=False)  # fmt: skip
