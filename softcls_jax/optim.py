@@ -16,7 +16,6 @@ The learning-rate schedule multiplies the base rate: ``schedule_factor``.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 
 import jax
@@ -26,14 +25,6 @@ import optax
 OPTIMIZERS = ("sgd", "momentum", "adam")
 SCHEDULES = ("constant", "cosine")
 MOMENTUM = 0.9
-
-
-def check_learning_rate(learning_rate: float) -> None:
-    """``ValueError`` unless ``learning_rate`` is a finite number > 0."""
-    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)):
-        raise ValueError(f"learning rate must be a number, got {learning_rate!r}")
-    if not (math.isfinite(learning_rate) and learning_rate > 0):
-        raise ValueError(f"learning rate must be a finite number > 0, got {learning_rate}")
 
 
 @dataclasses.dataclass(frozen=True)
