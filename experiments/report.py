@@ -27,7 +27,7 @@ from softcls_jax.files import atomic_write
 from softcls_jax.results import atomic_write_text
 
 from .cli import FlagError, fail, make_workdir, parse_flags
-from .formatting import confident_start_row
+from .formatting import confident_start_row, square_loss_table
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("fast", False, "Smaller settings for a quick look; numbers are then rougher.")
@@ -156,11 +156,9 @@ def render(workdir: pathlib.Path, fast: bool, seconds: dict[str, float]) -> str:
                            f"{r['test_accuracy_std']:.1f} | {r['train_ce_mean']:.3f} |")  # fmt: skip
         out += _closing("Expected (C15): with noisy labels the training CE stays above 0.")
     if sq := _load(workdir, "square_loss_classes", "square_loss_classes.json"):
-        from .square_loss_classes import table as square_table
-
         out += ["## Square loss as the number of classes grows (Hui & Belkin 2021)", "",
                 "![square loss classes](square_loss_classes/square_loss_classes.png)", "",
-                square_table(sq["rows"])]  # fmt: skip
+                square_loss_table(sq["rows"])]  # fmt: skip
         out += _closing(
             "Selection: the learning rate (and k, M of the rescaled square loss) with the highest "
             "mean validation accuracy over seeds; test accuracy only reported. Expected (Demirkaya "

@@ -26,6 +26,7 @@ from softcls_jax import data, models, plots, results, runner
 from softcls_jax.results import atomic_write_json
 
 from .cli import FlagError, fail, number, numbers, parse_flags
+from .formatting import square_loss_table
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("classes", ["10", "100", "1000"], "Numbers of classes C, one task each.")
@@ -97,20 +98,6 @@ def figure(rows: list[dict], path: pathlib.Path) -> None:
     plots.save(fig, path)
 
 
-def table(rows: list[dict]) -> str:
-    lines = ["| C | loss | lr | k | M | val accuracy (%) | test accuracy (%) |",
-             "|---:|---|---:|---:|---:|---:|---:|"]  # fmt: skip
-    for r in rows:
-        if r["diverged_everywhere"]:
-            lines.append(f"| {r['classes']} | {r['loss']} | diverged | | | | |")
-            continue
-        k = "" if r["k"] is None else f"{r['k']:g}"
-        m = "" if r["M"] is None else f"{r['M']:g}"
-        lines.append(f"| {r['classes']} | {r['loss']} | {r['learning_rate']:.3g} | {k} | {m} | "
-                     f"{r['val_accuracy']:.1f} | {r['test_accuracy']:.1f} |")  # fmt: skip
-    return "\n".join(lines)
-
-
 def main(argv: Sequence[str]) -> None:
     del argv
     try:
@@ -129,7 +116,7 @@ def main(argv: Sequence[str]) -> None:
         fail(str(e))
     except ValueError as e:
         fail(f"--lrs/--k/--M: {e}")
-    print(table(rows))
+    print(square_loss_table(rows))
     figure(rows, workdir / "square_loss_classes.png")
     atomic_write_json(workdir / "square_loss_classes.json", {"rows": rows})
     print(f"wrote {workdir}/square_loss_classes.png and square_loss_classes.json")

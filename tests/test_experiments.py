@@ -106,3 +106,14 @@ def test_profile_step_attributes_the_step_time_to_ops(tmp_path):
     assert rows[0] == "op,us_per_step,shape,from" and len(rows) > 10
     assert any("dot" in row or "ynn" in row for row in rows[1:6])  # the matmuls lead
     assert "µs per step" in proc.stdout
+
+
+def test_report_renders_the_square_loss_section(tmp_path):
+    # The report imports only flag-free formatting: a section that imported its experiment's module
+    # would define that module's flags a second time.
+    args = [sys.executable, "-m", "experiments.report", "--fast", "--only=square_loss_classes",
+            f"--workdir={tmp_path}"]  # fmt: skip
+    proc = subprocess.run(args, capture_output=True, text=True, check=False, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = (tmp_path / "report.md").read_text()
+    assert "Square loss as the number of classes grows" in report and "| 100 | ce |" in report
