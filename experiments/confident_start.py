@@ -95,9 +95,8 @@ def essay_digits() -> data.Dataset:
                                                       random_state=0)  # fmt: skip
     x_train, x_val, y_train, y_val = train_test_split(rest_x, rest_y, test_size=270,
                                                       stratify=rest_y, random_state=0)  # fmt: skip
-    d = data.from_arrays(x_train, y_train, x_test, y_test, num_classes=10, name="digits/16")
-    return data.Dataset(d.name, d.x_train, d.y_train, d.x_test, d.y_test, 10,
-                        x_val.astype(np.float32), y_val.astype(np.int32))  # fmt: skip
+    return data.from_arrays(x_train, y_train, x_test, y_test, num_classes=10, name="digits/16",
+                            x_val=x_val, y_val=y_val)  # fmt: skip
 
 
 def make(model: str) -> models.Model:

@@ -52,10 +52,8 @@ def task(num_classes: int, seed: int = 0) -> data.Dataset:
         y = np.repeat(np.arange(num_classes), n)
         splits.append((centres[y] + NOISE * rng.normal(size=(y.size, DIM)), y))
     (xt, yt), (xv, yv), (xs, ys) = splits
-    d = data.from_arrays(xt, yt, xs, ys, num_classes=num_classes, name=f"gauss{num_classes}")
-    d = data.Dataset(d.name, d.x_train, d.y_train, d.x_test, d.y_test, num_classes,
-                     xv.astype(np.float32), yv.astype(np.int32))  # fmt: skip
-    return data.standardized(d)
+    return data.standardized(data.from_arrays(xt, yt, xs, ys, num_classes=num_classes,
+                                              name=f"gauss{num_classes}", x_val=xv, y_val=yv))  # fmt: skip
 
 
 def run(classes, lrs, ks, ms, seeds, steps, workdir: pathlib.Path, progress=None) -> list[dict]:

@@ -72,8 +72,11 @@ def validate(
     x_test: np.ndarray,
     y_test: np.ndarray,
     num_classes: int | None = None,
+    x_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
 ) -> Dataset:
-    """Checks every array and returns a float32/int32 :class:`Dataset`.
+    """Checks every array and returns a float32/int32 :class:`Dataset` (with a validation split
+    when ``x_val`` and ``y_val`` are given; it is checked like the others).
 
     The classes are ``0 … C−1``: ``C = num_classes`` if given (every label must be below it), else
     the labels must cover ``0 … max`` without a gap (a gap means a stray label or a missing class;
@@ -85,7 +88,13 @@ def validate(
         range, non-integer or out-of-range labels, a gap in the labels, more than
         :data:`MAX_CLASSES` classes, or fewer than 2 classes present in the training labels.
     """
+    if (x_val is None) != (y_val is None):
+        raise ValueError(f"{name}: give both x_val and y_val, or neither")
     arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+    splits = ("train", "test")
+    if x_val is not None:
+        arrays.update(x_val=x_val, y_val=y_val)
+        splits += ("val",)
     for key, a in arrays.items():
         a = np.asarray(a)
         if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
@@ -93,7 +102,7 @@ def validate(
         if np.issubdtype(a.dtype, np.complexfloating):
             raise ValueError(f"{name}: {key} is complex ({a.dtype}); features must be real")
         arrays[key] = a
-    for split in ("train", "test"):
+    for split in splits:
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if x.ndim != 2:
             raise ValueError(f"{name}: x_{split} must have shape (N, D), got {x.shape}")
@@ -127,12 +136,16 @@ def validate(
             raise ValueError(
                 f"{name}: y_{split} has negative labels (min {y.min()}); expected >= 0"
             )
-    if arrays["x_train"].shape[1] != arrays["x_test"].shape[1]:
-        raise ValueError(
-            f"{name}: x_train has {arrays['x_train'].shape[1]} features, x_test "
-            f"{arrays['x_test'].shape[1]}"
-        )
+    for split in splits[1:]:
+        if arrays["x_train"].shape[1] != arrays[f"x_{split}"].shape[1]:
+            raise ValueError(
+                f"{name}: x_train has {arrays['x_train'].shape[1]} features, x_{split} "
+                f"{arrays[f'x_{split}'].shape[1]}"
+            )
     num_classes = _classes(name, arrays["y_train"], arrays["y_test"], num_classes)
+    if "y_val" in arrays and int(arrays["y_val"].max()) >= num_classes:
+        raise ValueError(f"{name}: y_val has label {int(arrays['y_val'].max())}, out of range "
+                         f"for {num_classes} classes")  # fmt: skip
     present = np.unique(arrays["y_train"]).size
     if present < 2:
         raise ValueError(f"{name}: the training labels hold {present} class; need at least 2")
@@ -143,6 +156,8 @@ def validate(
         arrays["x_test"].astype(np.float32),
         arrays["y_test"].astype(np.int32),
         int(num_classes),
+        None if x_val is None else arrays["x_val"].astype(np.float32),
+        None if y_val is None else arrays["y_val"].astype(np.int32),
     )
 
 
@@ -185,8 +200,10 @@ def _classes(name: str, y_train: np.ndarray, y_test: np.ndarray, num_classes: ob
 def from_arrays(
     x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
     num_classes: int | None = None, name: str = "arrays",
+    x_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
 ) -> Dataset:  # fmt: skip
-    """A validated :class:`Dataset` from your own arrays (features ``(N, D)``, integer labels ``(N,)``).
+    """A validated :class:`Dataset` from your own arrays (features ``(N, D)``, integer labels ``(N,)``),
+    with your own validation split if given (else ``run_grid`` holds one out of the training data).
 
     Example:
       >>> rng = np.random.default_rng(0)
@@ -198,7 +215,7 @@ def from_arrays(
     Raises:
       ValueError: on anything :func:`validate` refuses (shapes, NaN/inf, bad labels, …).
     """
-    return validate(name, x_train, y_train, x_test, y_test, num_classes)
+    return validate(name, x_train, y_train, x_test, y_test, num_classes, x_val, y_val)
 
 
 def load_digits() -> Dataset:

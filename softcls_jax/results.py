@@ -175,13 +175,20 @@ def _best(settings: list[list[dict]], on: str) -> list[dict]:
     return settings[max(scored, key=lambda t: (t[0], -t[1]))[1]] if scored else settings[0]
 
 
-def by_loss_and_lr(records: Sequence[dict], on: str = "val") -> dict[str, dict[float, list[dict]]]:
-    """``{loss: {learning_rate: [one record per seed]}}``, losses in order. With other axes, each
-    (loss, learning rate) holds the runs of its best setting of the other axes on split ``on``."""
+def by_loss_and(
+    records: Sequence[dict], axis: str, on: str = "val"
+) -> dict[str, dict[float, list[dict]]]:
+    """``{loss: {value of axis: [one record per seed]}}``, losses in order. With other axes, each
+    (loss, value) holds the runs of its best setting of the other axes on split ``on``."""
     grouped: dict[str, dict[float, list[list[dict]]]] = {}
     for key, runs in by_setting(records).items():
-        grouped.setdefault(key[0], {}).setdefault(runs[0]["learning_rate"], []).append(runs)
-    return {loss: {lr: _best(s, on) for lr, s in by_lr.items()} for loss, by_lr in grouped.items()}
+        grouped.setdefault(key[0], {}).setdefault(runs[0][axis], []).append(runs)
+    return {loss: {v: _best(s, on) for v, s in by_v.items()} for loss, by_v in grouped.items()}
+
+
+def by_loss_and_lr(records: Sequence[dict], on: str = "val") -> dict[str, dict[float, list[dict]]]:
+    """``{loss: {learning_rate: [one record per seed]}}``: :func:`by_loss_and` the learning rate."""
+    return by_loss_and(records, "learning_rate", on)
 
 
 def _cell(runs: list[dict], metric: str = "test_accuracy") -> str:
@@ -201,13 +208,7 @@ def _cell(runs: list[dict], metric: str = "test_accuracy") -> str:
 
 def accuracy_table(records: Sequence[dict], on: str = "val") -> str:
     """Markdown table: learning rate × loss of final test accuracy (%, mean ± std over seeds)."""
-    grouped = by_loss_and_lr(records, on)
-    losses, lrs = list(grouped), sorted({r["learning_rate"] for r in records})
-    lines = ["| learning rate | " + " | ".join(losses) + " |", "|---:|" + "---:|" * len(losses)]
-    for lr in lrs:
-        row = [_cell(grouped[loss].get(lr, [])) for loss in losses]
-        lines.append(f"| {lr:.3g} | " + " | ".join(row) + " |")
-    return "\n".join(lines)
+    return axis_table(records, "learning_rate", on, label="learning rate")
 
 
 def best_per_loss(records: Sequence[dict], on: str = "val") -> list[dict]:
@@ -236,18 +237,16 @@ def selection(records: Sequence[dict], on: str = "val") -> dict[str, Any]:
     return {"on": on, "rule": selection_rule(on), "per_loss": best_per_loss(records, on)}
 
 
-def axis_table(records: Sequence[dict], axis: str, on: str = "val") -> str:
+def axis_table(
+    records: Sequence[dict], axis: str, on: str = "val", label: str | None = None
+) -> str:
     """Markdown table: ``axis`` value × loss of final test accuracy, the other axes at their best."""
-    by_value: dict[str, dict[float, list[list[dict]]]] = {}
-    for key, runs in by_setting(records).items():
-        by_value.setdefault(key[0], {}).setdefault(runs[0][axis], []).append(runs)
+    by_value = by_loss_and(records, axis, on)
     losses = list(by_value)
     values = sorted({r[axis] for r in records})
-    lines = [f"| {axis} | " + " | ".join(losses) + " |", "|---:|" + "---:|" * len(losses)]
+    lines = [f"| {label or axis} | " + " | ".join(losses) + " |", "|---:|" + "---:|" * len(losses)]
     for v in values:
-        row = [
-            _cell(_best(by_value[loss][v], on)) if v in by_value[loss] else "" for loss in losses
-        ]
+        row = [_cell(by_value[loss][v]) if v in by_value[loss] else "" for loss in losses]
         lines.append(f"| {v:.3g} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 

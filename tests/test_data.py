@@ -90,3 +90,26 @@ def test_label_noise_flips_training_labels_only():
     noisy = data.with_label_noise(d, 0.3, seed=0)
     assert np.sum(noisy.y_train != d.y_train) == round(0.3 * 1437)
     np.testing.assert_array_equal(noisy.y_test, d.y_test)
+
+
+@pytest.mark.parametrize(
+    ("val", "message"),
+    [
+        ({"x_val": np.full((3, 2), np.nan), "y_val": np.array([0, 1, 0])}, "x_val has 6 NaN"),
+        (
+            {"x_val": np.ones((3, 5)), "y_val": np.array([0, 1, 0])},
+            "x_train has 2 features, x_val 5",
+        ),
+        (
+            {"x_val": np.ones((3, 2)), "y_val": np.array([0, 1, 7])},
+            "y_val has label 7, out of range",
+        ),
+        ({"x_val": np.ones((3, 2))}, "give both x_val and y_val"),
+    ],
+)
+def test_from_arrays_checks_a_validation_split(val, message):
+    x, y = np.ones((4, 2)), np.array([0, 1, 0, 1])
+    with pytest.raises(ValueError, match=message):
+        data.from_arrays(x, y, x, y, **val)
+    ok = data.from_arrays(x, y, x, y, x_val=np.zeros((2, 2)), y_val=np.array([1, 0]))
+    assert ok.x_val.dtype == np.float32 and ok.y_val.tolist() == [1, 0]

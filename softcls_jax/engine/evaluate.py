@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from softcls_jax import metrics
-from softcls_jax.engine.step import Data, GridState, Program, constrain
+from softcls_jax.engine.step import Data, GridState, Program, constrain, label_row
 
 Array = jax.Array
 
@@ -31,7 +31,7 @@ def evaluate(program: Program, state: GridState, data: Data, loss_ids: Array) ->
                     else jax.lax.switch(loss_id, branches, test_logits, data.y_test, hp))  # fmt: skip
         y_train = data.y_train[0]
         if data.y_train.shape[0] > 1:
-            y_train = data.y_train[jnp.argmax(hp["label_noise"] == data.noise_levels)]
+            y_train = data.y_train[label_row(hp["label_noise"], data.noise_levels)]
         nan = jnp.full((), jnp.nan, jnp.float32)
         val_logits = None if data.x_val is None else program.model.apply(params, data.x_val)
         return {

@@ -148,9 +148,13 @@ def init(program: Program, init_keys: Array, hparams: dict[str, Array]) -> GridS
 # ------------------------------------------------------------------ one step
 
 
-def _targets(
-    program: Program, hparams: dict[str, Array], labels: Array, noise_levels: Array
-) -> tuple[Array, bool]:
+def label_row(label_noise: Array, noise_levels: Array) -> Array:
+    """Each config's row of ``Data.y_train``: the index of its ``label_noise`` in ``noise_levels``
+    (``label_noise`` of any shape; the result has that shape)."""
+    return jnp.argmax(label_noise[..., None] == noise_levels, axis=-1)
+
+
+def _targets(program: Program, hparams: dict[str, Array], labels: Array) -> tuple[Array, bool]:
     """Each config's training targets and whether they are shared by all configs.
 
     ``labels``: ``(V, B)`` at every noise level. Without noise or smoothing axes the configs share
@@ -159,8 +163,7 @@ def _targets(
     if labels.shape[0] == 1:
         targets, shared = labels[0], True
     else:
-        row = jnp.argmax(hparams["label_noise"][:, None] == noise_levels[None], axis=-1)
-        targets, shared = labels[row], False  # (K, B)
+        targets, shared = labels[hparams["label_row"]], False  # (K, B)
     if "label_smoothing" in hparams:
         alpha = hparams["label_smoothing"][:, None, None]
         one_hot = jax.nn.one_hot(targets, program.num_classes, dtype=jnp.float32)
@@ -208,14 +211,15 @@ def update(
 
 def seed_step(
     program: Program, params: Any, opt_state: Any, hparams: dict[str, Array], step: Array,
-    xb: Array, yb: Array, noise_levels: Array,
+    xb: Array, yb: Array,
 ) -> tuple[Any, Any, Array, Array, Array]:  # fmt: skip
     """One optimizer step of the ``K`` configs of one seed on their shared minibatch.
 
     Args:
       params, opt_state, hparams: leaves with a leading ``K`` axis.
       step: the step's index (for the schedule).
-      xb: ``(B, D)``; yb: ``(V, B)`` labels at each noise level; noise_levels: ``(V,)``.
+      xb: ``(B, D)``; yb: ``(V, B)`` labels at each noise level (with several, ``hparams`` holds
+        each config's ``label_row``).
 
     Returns:
       ``(new_params, new_opt_state, grad_norm, finite, loss)``, per config.
@@ -223,7 +227,7 @@ def seed_step(
 
     def objective(params):
         logits = jax.vmap(program.model.apply, (0, None))(params, xb)  # (K, B, C)
-        targets, shared = _targets(program, hparams, yb, noise_levels)
+        targets, shared = _targets(program, hparams, yb)
         per_config = _group_losses(program, logits, targets, shared, hparams)
         return jnp.sum(per_config), per_config
 
@@ -278,7 +282,7 @@ def chunk(
         for labels in (data.y_train, data.y_test):
             check_labels_in_graph(labels, program.num_classes)
     one_seed = program.num_seeds == 1
-    step_fn = lambda *a: seed_step(program, *a, data.noise_levels)
+    step_fn = lambda *a: seed_step(program, *a)
     step_fn = step_fn if one_seed else jax.vmap(step_fn, (0, 0, 0, None, 0, 0))
     squeeze = (lambda t: jax.tree.map(lambda v: v[0], t)) if one_seed else (lambda t: t)
     unsqueeze = (lambda t: jax.tree.map(lambda v: v[None], t)) if one_seed else (lambda t: t)
@@ -286,6 +290,8 @@ def chunk(
     def train(carry_and_hparams):
         carry, hparams = carry_and_hparams
         hparams = squeeze(hparams)
+        if data.y_train.shape[0] > 1:  # constant per config: derived once, not in every step
+            hparams = {**hparams, "label_row": label_row(hparams["label_noise"], data.noise_levels)}
 
         def body(carry, step_and_idx):
             params, opt_state, diverged_at = carry
