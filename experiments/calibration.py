@@ -16,13 +16,11 @@ from __future__ import annotations
 import pathlib
 from collections.abc import Sequence
 
-import jax
-import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 from absl import app, flags
 
-from softcls_jax import data, engine, metrics, models, plots, runner
+from softcls_jax import calibration, data, engine, models, plots, runner
 from softcls_jax.results import atomic_write_json
 
 from .cli import FlagError, fail, make_workdir, number, parse_flags
@@ -48,47 +46,8 @@ def train_and_calibrate(dataset: data.Dataset, losses: tuple[str, ...], lr: floa
                               residual=True)  # the MNIST-1D paper's MLP  # fmt: skip
     layout = engine.Layout(losses, (lr,), tuple(range(seeds)))
     trained = runner.run(model, train, layout, engine.TrainSettings("adam", steps, 100, steps))
-    logits_of = jax.jit(jax.vmap(jax.vmap(model.apply, (0, None)), (0, None)))
-    val_logits = logits_of(trained.params, jnp.asarray(x_val))  # (S, K, N, C)
-    test_logits = logits_of(trained.params, jnp.asarray(train.x_test))
-    y_val, y_test = jnp.asarray(y_val), jnp.asarray(train.y_test)
-    records = trained.document["configs"]  # (S, K) row-major, as layout.configs()
-    rows, bins = [], {}
-    for (s, k), config, record in zip(np.ndindex(*layout.shape), layout.configs(), records,
-                                       strict=True):  # fmt: skip
-        if record["diverged"]:
-            rows.append({"loss": config.loss, "seed": config.seed, "diverged": True})
-            continue
-        before = test_logits[s, k]
-        t = float(metrics.fit_temperature(val_logits[s, k], y_val))
-        after = before / t
-        rows.append({
-            "loss": config.loss, "seed": config.seed, "diverged": False, "temperature": t,
-            "accuracy_before": float(metrics.accuracy(before, y_test)),
-            "accuracy_after": float(metrics.accuracy(after, y_test)),
-            "ece_before": float(metrics.ece(before, y_test)), "ece_after": float(metrics.ece(after, y_test)),
-            "nll_before": float(metrics.nll(before, y_test)), "nll_after": float(metrics.nll(after, y_test)),
-        })  # fmt: skip
-        if s == 0:
-            bins[config.loss] = (
-                metrics.reliability_bins(before, y_test),
-                metrics.reliability_bins(after, y_test),
-            )
-    return rows, bins
-
-
-def summarise(rows: list[dict]) -> list[dict]:
-    out = []
-    for loss in dict.fromkeys(r["loss"] for r in rows):
-        ok = [r for r in rows if r["loss"] == loss and not r["diverged"]]
-        if not ok:
-            out.append({"loss": loss, "diverged": True})
-            continue
-        mean = lambda key, ok=ok: float(np.mean([r[key] for r in ok]))
-        out.append({"loss": loss, "models": len(ok), "temperature": mean("temperature"),
-                    **{k: mean(k) for k in ("accuracy_before", "accuracy_after", "ece_before", "ece_after",
-                                            "nll_before", "nll_after")}})  # fmt: skip
-    return out
+    return calibration.calibrate(model, trained.params, layout, trained.document["configs"],
+                                 x_val, y_val, train.x_test, train.y_test)  # fmt: skip
 
 
 def figure(bins: dict, path: pathlib.Path) -> None:
@@ -134,7 +93,7 @@ def main(argv: Sequence[str]) -> None:
             raise FlagError("losses" if "loss" in str(e) else "lr", str(e)) from None
     except FlagError as e:
         fail(str(e))
-    summary = summarise(rows)
+    summary = calibration.summarise(rows)
     print(
         f"{'loss':<8} {'T':>6} {'acc before':>10} {'acc after':>10} {'ECE before':>10} {'ECE after':>10} {'NLL before':>10} {'NLL after':>10}"
     )
@@ -143,7 +102,8 @@ def main(argv: Sequence[str]) -> None:
             print(f"{r['loss']:<8} diverged")
             continue
         print(f"{r['loss']:<8} {r['temperature']:>6.3f} {100 * r['accuracy_before']:>9.2f}% {100 * r['accuracy_after']:>9.2f}% "
-              f"{r['ece_before']:>10.4f} {r['ece_after']:>10.4f} {r['nll_before']:>10.4f} {r['nll_after']:>10.4f}")  # fmt: skip
+              f"{r['ece_before']:>10.4f} {r['ece_after']:>10.4f} {r['nll_before']:>10.4f} {r['nll_after']:>10.4f}"
+              f"{'  (a T at the search bound)' if r['temperature_at_bound'] else ''}")  # fmt: skip
     figure(bins, workdir / "reliability.png")
     atomic_write_json(workdir / "calibration.json", {"summary": summary, "models": rows})
     print(f"wrote {workdir}/reliability.png and calibration.json")

@@ -25,3 +25,11 @@ def square_loss_table(rows: list[dict]) -> str:
         lines.append(f"| {r['classes']} | {r['loss']} | {r['learning_rate']:.3g} | {k} | {m} | "
                      f"{r['val_accuracy']:.1f} | {r['test_accuracy']:.1f} |")  # fmt: skip
     return "\n".join(lines)
+
+
+def within(row: dict, points: float = 3.0) -> str:
+    """``yes``/``NO``: is the row's mean test accuracy within ``points`` of its ``paper`` value
+    (empty without one)."""
+    if row.get("paper") is None or row.get("test_accuracy_mean") is None:
+        return ""
+    return "yes" if abs(row["test_accuracy_mean"] - row["paper"]) <= points else "NO"

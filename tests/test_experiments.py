@@ -21,8 +21,6 @@ SMOKE = {
     "label_noise": (["--steps=20", "--seeds=1", "--fractions=0,0.5"], ["label_noise.png", "label_noise.json"]),
     "square_loss_classes": (["--classes=10", "--steps=20", "--seeds=1", "--lrs=0.1"],
                             ["square_loss_classes.png", "square_loss_classes.json"]),
-    "mnist1d_baselines": (["--steps=20", "--seeds=1", "--models=linear,cnn1d", "--losses=ce"],
-                          ["mnist1d_baselines.png", "mnist1d_baselines.json"]),
 }  # fmt: skip
 
 
@@ -92,7 +90,8 @@ def test_report_publish_copies_only_the_report_and_its_figures(tmp_path):
         ("square_loss_classes", ["--classes=1"], "--classes: each must be >= 2"),
         ("square_loss_classes", ["--k=2"], "--k: --k and --M must include 1"),
         ("label_noise", ["--fractions=0,1.2"], "--fractions: each must be in [0, 1)"),
-        ("mnist1d_baselines", ["--models=gru"], "--models: unknown model 'gru'"),
+        ("mnist1d_baselines", ["--models=rnn"], "--models: unknown model 'rnn'"),
+        ("mnist1d_baselines", ["--inputs=flipped"], "--inputs: unknown inputs 'flipped'"),
         ("report", ["--only=nope"], "--only: unknown experiments ['nope']"),
         ("report", ["--publish=/proc/nope"], "--publish: cannot write to /proc/nope"),
     ],
@@ -120,3 +119,30 @@ def test_report_renders_the_square_loss_section(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = (tmp_path / "report.md").read_text()
     assert "Square loss as the number of classes grows" in report and "| 100 | ce |" in report
+
+
+def test_report_renders_the_mnist_sections(tmp_path):
+    # Both experiments at tiny settings, then the report rebuilt from their results (--render_only).
+    for module, args in (
+        ("mnist1d_baselines", ["--steps=20", "--seeds=1", "--models=linear,gru", "--losses=ce"]),
+        ("mnist_cnn", ["--steps=10", "--seeds=2", "--lrs=0.001", "--losses=ce,square",
+                       "--widths=1", "--depths=2", "--study_seeds=1"]),
+    ):  # fmt: skip
+        proc = _run(module, *args, f"--workdir={tmp_path / module}")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        for suffix in (".png", ".json"):
+            assert (tmp_path / module / f"{module}{suffix}").stat().st_size > 0
+    mc = json.loads((tmp_path / "mnist_cnn" / "mnist_cnn.json").read_text())
+    assert mc["selection"]["on"] == "val" and {b["loss"] for b in mc["losses"]} == {"ce", "square"}
+    for row in mc["calibration"]:
+        assert row["accuracy_before"] == row["accuracy_after"]  # T keeps the argmax
+    (base,) = mc["architectures"]  # LeNet-5 with CE: reused from the loss grid, its seed 0 only
+    assert (base["width"], base["depth"], base["models"]) == (1.0, 2, 1)
+    ce = next(r for r in mc["calibration_models"] if r["loss"] == "ce" and r["seed"] == 0)
+    assert base["ece_before"] == ce["ece_before"]
+    proc = _run("report", "--render_only", f"--workdir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = (tmp_path / "report.md").read_text()
+    assert "| original | gru | ce |" in report and "| shuffled | linear | ce |" in report
+    assert "7. MNIST with the 2-D CNN" in report and "Square loss − CE" in report
+    assert "![mnist cnn](mnist_cnn/mnist_cnn.png)" in report

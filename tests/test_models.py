@@ -225,3 +225,72 @@ def test_cnn2d_is_lenet5_by_default():
 def test_bad_cnn2d_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
         models.make_model("cnn2d", 784, 10, **kwargs)
+
+
+# ------------------------------------------------------------------ the MNIST-1D GRU
+
+
+def _numpy_gru(p, x: np.ndarray) -> np.ndarray:
+    """PyTorch's bidirectional GRU (gates r, z, n; h_0 = 0) and the linear read-out, step by step."""
+    sig = lambda v: 1 / (1 + np.exp(-v))
+    n, length = x.shape
+    hidden = p["recurrent"][0]["kernel"].shape[0]
+    outputs = np.zeros((n, length, 2, hidden))
+    for d, times in enumerate((range(length), reversed(range(length)))):
+        w_i, b_i = (
+            np.asarray(p["inputs"][d]["kernel"][...]),
+            np.asarray(p["inputs"][d]["bias"][...]),
+        )
+        w_h = np.asarray(p["recurrent"][d]["kernel"][...])
+        b_h = np.asarray(p["recurrent"][d]["bias"][...])
+        h = np.zeros((n, hidden))
+        for t in times:
+            gi, gh = x[:, t : t + 1] @ w_i + b_i, h @ w_h + b_h
+            r = sig(gi[:, :hidden] + gh[:, :hidden])
+            z = sig(gi[:, hidden : 2 * hidden] + gh[:, hidden : 2 * hidden])
+            cand = np.tanh(gi[:, 2 * hidden :] + r * gh[:, 2 * hidden :])
+            h = (1 - z) * cand + z * h
+            outputs[:, t, d] = h
+    flat = outputs.reshape(n, -1)
+    return flat @ np.asarray(p["out"]["kernel"][...]) + np.asarray(p["out"]["bias"][...])
+
+
+def test_gru_equals_a_step_by_step_reference_and_has_the_papers_parameter_count():
+    model = models.make_model("gru", 40, 10)
+    assert model.num_params == 5134  # the MNIST-1D notebook's GRUBase
+    p = model.init(jax.random.key(8))
+    bound = 1 / np.sqrt(6)
+    gate_weights = [p[g][d][w][...] for g in ("inputs", "recurrent") for d in (0, 1)
+                    for w in ("kernel", "bias")]  # fmt: skip
+    assert all(float(jnp.abs(w).max()) <= bound for w in gate_weights)  # PyTorch's ±1/√H
+    x = np.asarray(jax.random.normal(jax.random.key(9), (7, 40)))
+    np.testing.assert_allclose(model.apply(p, x), _numpy_gru(p, x.astype(np.float64)),
+                               rtol=1e-4, atol=1e-5)  # fmt: skip
+    # the backward direction really reads the sequence reversed: reversing x changes the logits
+    assert not np.allclose(model.apply(p, x[:, ::-1]), model.apply(p, x), atol=1e-3)
+
+
+def test_gru_equals_torch_nn_gru():
+    torch = pytest.importorskip("torch")
+    model = models.make_model("gru", 40, 10)
+    p = model.init(jax.random.key(10))
+    gru = torch.nn.GRU(1, 6, batch_first=True, bidirectional=True)
+    with torch.no_grad():
+        for d, suffix in enumerate(("", "_reverse")):
+            for ours, theirs in (("inputs", "ih"), ("recurrent", "hh")):
+                getattr(gru, f"weight_{theirs}_l0{suffix}").copy_(
+                    torch.from_numpy(np.asarray(p[ours][d]["kernel"][...]).T.copy()))  # fmt: skip
+                getattr(gru, f"bias_{theirs}_l0{suffix}").copy_(
+                    torch.from_numpy(np.array(p[ours][d]["bias"][...])))  # fmt: skip
+    x = np.asarray(jax.random.normal(jax.random.key(11), (5, 40)))
+    with torch.no_grad():
+        out, _ = gru(torch.from_numpy(x.copy())[..., None])
+        logits = out.reshape(5, -1).numpy() @ np.asarray(p["out"]["kernel"][...]) + np.asarray(
+            p["out"]["bias"][...]
+        )
+    np.testing.assert_allclose(model.apply(p, x), logits, rtol=1e-4, atol=1e-5)
+
+
+def test_gru_takes_one_hidden_size():
+    with pytest.raises(ValueError, match="gru takes one hidden size"):
+        models.make_model("gru", 40, 10, hidden=(6, 6))
