@@ -227,9 +227,7 @@ def load_digits() -> Dataset:
     x_train, x_test, y_train, y_test = train_test_split(
         x, y, test_size=0.2, stratify=y, random_state=0
     )
-    mean, std = x_train.mean(0), x_train.std(0)
-    std = np.where(std > 0, std, 1.0)  # constant border pixels stay 0
-    return validate("digits", (x_train - mean) / std, y_train, (x_test - mean) / std, y_test, 10)
+    return standardized(validate("digits", x_train, y_train, x_test, y_test, 10))
 
 
 def cache_dir() -> pathlib.Path:
