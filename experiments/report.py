@@ -111,7 +111,8 @@ def _closing(text: str) -> list[str]:
 def render(workdir: pathlib.Path, fast: bool, seconds: dict[str, float]) -> str:
     out = ["# softcls-jax report", "",
            f"Settings: {'--fast (smaller runs, rougher numbers)' if fast else 'full'}. "
-           "Every number below was produced by this run; references are beside them.", ""]  # fmt: skip
+           "Every number below was written by its experiment's run (each experiment's wall time "
+           "is at the end); references are beside them.", ""]  # fmt: skip
     if es := _load(workdir, "error_surface", "error_surface.json"):
         out += _section("1. Error surface (C13)", "error_surface/error_surface.png",
                         ["where", "CE", "MSE", "‖∂CE/∂z‖", "‖∂MSE/∂z‖"], "lrrrr")  # fmt: skip
