@@ -110,8 +110,7 @@ def figure(rows: list[dict], path: pathlib.Path) -> None:
                          and r["loss"] == loss) for n in names]  # fmt: skip
             ax.bar(np.arange(len(names)) + i * width, [r["test_accuracy_mean"] or 0 for r in mine],
                    width, yerr=[r["test_accuracy_std"] or 0 for r in mine], capsize=3, label=loss)  # fmt: skip
-        ax.scatter(np.arange(len(names)) + width * (len(losses) - 1) / 2,
-                   [PAPER[variant][n] for n in names], marker="_", s=600, color="k", zorder=3,
+        ax.scatter(np.arange(len(names)), [PAPER[variant][n] for n in names], marker="_", s=600, color="k", zorder=3,
                    label="paper (CE)")  # fmt: skip
         ax.set_xticks(np.arange(len(names)) + width * (len(losses) - 1) / 2, names)
         ax.set_title(f"MNIST-1D, {variant} positions: mean ± std over seeds", fontsize=10)
