@@ -184,7 +184,7 @@ def render(workdir: pathlib.Path, fast: bool, seconds: dict[str, float]) -> str:
             "labels the training CE stays above 0."
         )
     if sq := _load(workdir, "square_loss_classes", "square_loss_classes.json"):
-        out += ["## Square loss as the number of classes grows (Hui & Belkin 2021)", "",
+        out += ["## 6. Square loss as the number of classes grows (Hui & Belkin 2021)", "",
                 "![square loss classes](square_loss_classes/square_loss_classes.png)", "",
                 square_loss_table(sq["rows"])]  # fmt: skip
         out += _closing(
@@ -194,7 +194,7 @@ def render(workdir: pathlib.Path, fast: bool, seconds: dict[str, float]) -> str:
             "rescaling (k on the true class, target M) closes the gap."
         )
     if mb := _load(workdir, "mnist1d_baselines", "mnist1d_baselines.json"):
-        out += _section("6. MNIST-1D baselines and the shuffled control (Greydanus & Kobak)",
+        out += _section("7. MNIST-1D baselines and the shuffled control (Greydanus & Kobak)",
                         "mnist1d_baselines/mnist1d_baselines.png",
                         ["inputs", "model", "loss", "test accuracy (%)", "paper (CE, %)",
                          "notebook, last step (CE, %)", "within 3 points"], "llllrrl")  # fmt: skip
@@ -216,7 +216,7 @@ def render(workdir: pathlib.Path, fast: bool, seconds: dict[str, float]) -> str:
             "the paper's figure, and its notebook's last-step numbers (one seed)."
         )
     if mc := _load(workdir, "mnist_cnn", "mnist_cnn.json"):
-        out += _section("7. MNIST with the 2-D CNN: losses and calibration (Hui & Belkin 2021; "
+        out += _section("8. MNIST with the 2-D CNN: losses and calibration (Hui & Belkin 2021; "
                         "Guo et al. 2017)", "mnist_cnn/mnist_cnn.png",
                         ["loss", "lr (chosen on val)", "val accuracy (%)", "test accuracy (%)", "T",
                          "test ECE before → after", "test NLL before → after"], "lrrrrrr")  # fmt: skip
@@ -263,7 +263,7 @@ def render(workdir: pathlib.Path, fast: bool, seconds: dict[str, float]) -> str:
             0
         ]  # from the table to the best lrs
         out += [
-            "## 8. The default sweep",
+            "## 9. The default sweep",
             "",
             "![accuracy vs lr](sweep/accuracy_vs_lr.png)",
             "",

@@ -144,5 +144,5 @@ def test_report_renders_the_mnist_sections(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = (tmp_path / "report.md").read_text()
     assert "| original | gru | ce |" in report and "| shuffled | linear | ce |" in report
-    assert "7. MNIST with the 2-D CNN" in report and "Square loss − CE" in report
+    assert "8. MNIST with the 2-D CNN" in report and "Square loss − CE" in report
     assert "![mnist cnn](mnist_cnn/mnist_cnn.png)" in report
