@@ -161,6 +161,15 @@ def conv_matmul(layer: nnx.Conv, x: Array) -> Array:
     one wide matmul ``(N·S_out, k·C_in) × (k·C_in, K·C_out)`` serves every config. Only explicit
     padding (``'VALID'``, an int or ``(lo, hi)`` pairs), no dilation, one feature group, no mask.
     """
+    _check_plain(layer)
+    kernel = layer.kernel[...]
+    k = kernel.shape[:-2]
+    patches = conv_patches(x, k, _tuple(layer.strides, len(k)), _pairs(layer.padding, len(k)))
+    y = jnp.einsum("...p,po->...o", patches, kernel.reshape(-1, kernel.shape[-1]))
+    return y + layer.bias[...] if layer.bias is not None else y
+
+
+def _check_plain(layer: nnx.Conv) -> None:
     if (
         layer.feature_group_count != 1
         or layer.mask is not None
@@ -169,11 +178,54 @@ def conv_matmul(layer: nnx.Conv, x: Array) -> Array:
     ):
         raise ValueError("conv_matmul supports plain convolutions only (no feature groups, "
                          "dilation or mask)")  # fmt: skip
-    kernel = layer.kernel[...]
+
+
+def conv_patches_fm(
+    x: Array, kernel_size: Sequence[int], strides: Sequence[int], padding: Sequence[tuple[int, int]]
+) -> tuple[Array, list[int]]:
+    """im2col in the feature-major layout: ``x (C, *S, N)`` -> ``(C·prod(k), prod(S_out)·N)`` and
+    ``S_out``; rows channel major, kernel offsets minor (row-major over the ``d`` offsets).
+
+    The examples ``N`` are the minor axis, so every window is copied in runs of ``S_out[-1]·N``
+    contiguous floats and its gradient (a pad) added back in such runs; with channels last
+    (:func:`conv_patches`) the runs are ``C`` floats, 6 for cnn2d's second conv, and the copies
+    ran at a fraction of the memory bandwidth.
+    """
+    d = len(kernel_size)
+    x = jnp.pad(x, [(0, 0), *padding, (0, 0)])
+    size = x.shape[1 : 1 + d]
+    out = [(n - k) // s + 1 for n, k, s in zip(size, kernel_size, strides, strict=True)]
+    windows = [
+        x[(slice(None), *(slice(o, o + s * (m - 1) + 1, s)
+                          for o, s, m in zip(offsets, strides, out, strict=True)), slice(None))]
+        for offsets in itertools.product(*(range(k) for k in kernel_size))
+    ]  # fmt: skip
+    patches = jnp.stack(windows, axis=1)  # (C, prod(k), *S_out, N)
+    return patches.reshape(x.shape[0] * len(windows), -1), out
+
+
+def conv_fm(layer: nnx.Conv, x: Array) -> Array:
+    """``layer`` on feature-major activations: ``x (C_in, *S, N)`` -> ``(C_out, *S_out, N)``, as
+    im2col (:func:`conv_patches_fm`) and one matmul ``(C_out, k·C_in) × (k·C_in, S_out·N)``.
+
+    Equal to ``layer(x.T).T`` (channels last) to float32 rounding, with the same parameters. Why
+    this layout: the engine maps the model over configs that share one minibatch; as for dense
+    layers (:func:`_dense_feature_major`) the examples then are the long, contiguous dimension of
+    every product, of the patches' copies and of their gradients, and a config's output is already
+    the next layer's input. Under ``vmap`` a shared ``x`` (the first layer) is cut into patches
+    once and one matmul serves every config.
+    """
+    _check_plain(layer)
+    kernel = layer.kernel[...]  # (*k, C_in, C_out)
     k = kernel.shape[:-2]
-    patches = conv_patches(x, k, _tuple(layer.strides, len(k)), _pairs(layer.padding, len(k)))
-    y = jnp.einsum("...p,po->...o", patches, kernel.reshape(-1, kernel.shape[-1]))
-    return y + layer.bias[...] if layer.bias is not None else y
+    patches, out = conv_patches_fm(
+        x, k, _tuple(layer.strides, len(k)), _pairs(layer.padding, len(k))
+    )
+    w = jnp.moveaxis(kernel, -2, 0).reshape(-1, kernel.shape[-1])  # rows (c, offsets), as patches
+    y = jnp.einsum("po,pm->om", w, patches)
+    if layer.bias is not None:
+        y = y + layer.bias[...][:, None]
+    return y.reshape(kernel.shape[-1], *out, x.shape[-1])
 
 
 class CNN1D(nnx.Module):
@@ -196,19 +248,48 @@ class CNN1D(nnx.Module):
 
     def __call__(self, x: Array) -> Array:
         rows, lead = _rows(x, x.shape[-1])
-        h = rows[..., None]  # (N, L, 1): channels last
+        h = rows.T[None]  # (1, L, N): feature-major, see conv_fm
         for conv in self.convs:
-            h = jax.nn.relu(conv_matmul(conv, h))
-        return self.out(h.reshape(h.shape[0], -1)).reshape(*lead, -1)
+            h = jax.nn.relu(conv_fm(conv, h))
+        h = jnp.swapaxes(h, 0, 1).reshape(-1, h.shape[-1])  # (L'·C, N): nnx's flattening order
+        return _dense_feature_major(self.out, h).T.reshape(*lead, -1)
+
+
+@jax.custom_vjp
+def _max_pool2x2(h: Array) -> Array:
+    """2×2 max pooling of ``h (C, 2H, 2W, N)``; its gradient is one fused elementwise pass."""
+    c, height, width, n = h.shape
+    return h.reshape(c, height // 2, 2, width // 2, 2, n).max(axis=(2, 4))
+
+
+def _max_pool2x2_fwd(h: Array) -> tuple[Array, tuple[Array, Array]]:
+    m = _max_pool2x2(h)
+    return m, (h, m)
+
+
+def _max_pool2x2_bwd(res: tuple[Array, Array], g: Array) -> tuple[Array]:
+    # As jnp.max's gradient: shared equally by the maxima of a window (ties are common: MNIST's
+    # constant background gives equal conv outputs). Written by hand because XLA:CPU ran the
+    # generic one (compare, count, divide over 6-d shapes) as several slow passes.
+    h, m = res
+    c, height, width, n = h.shape
+    hit = h.reshape(c, height // 2, 2, width // 2, 2, n) == m[:, :, None, :, None]
+    hit = hit.astype(h.dtype)
+    share = g / (hit[:, :, 0, :, 0] + hit[:, :, 0, :, 1] + hit[:, :, 1, :, 0] + hit[:, :, 1, :, 1])
+    return ((hit * share[:, :, None, :, None]).reshape(h.shape),)
+
+
+_max_pool2x2.defvjp(_max_pool2x2_fwd, _max_pool2x2_bwd)
 
 
 def _pool2x2(h: Array, how: str) -> Array:
-    """2×2 pooling, stride 2, of ``h (N, H, W, C)`` as a reshape and a reduction:
-    ``(N, ⌊H/2⌋, ⌊W/2⌋, C)``; an odd last row or column is dropped (``VALID``)."""
-    n, height, width, c = h.shape
+    """2×2 pooling, stride 2, of feature-major ``h (C, H, W, N)``: ``(C, ⌊H/2⌋, ⌊W/2⌋, N)``; an odd
+    last row or column is dropped (``VALID``)."""
+    c, height, width, n = h.shape
     h = h[:, : 2 * (height // 2), : 2 * (width // 2)]
-    h = h.reshape(n, height // 2, 2, width // 2, 2, c)
-    return h.max(axis=(2, 4)) if how == "max" else h.mean(axis=(2, 4))
+    if how == "max":
+        return _max_pool2x2(h)
+    return h.reshape(c, height // 2, 2, width // 2, 2, n).mean(axis=(2, 4))
 
 
 POOLS = ("max", "mean")
@@ -270,13 +351,20 @@ class CNN2D(nnx.Module):
     def __call__(self, x: Array) -> Array:
         flat = x.shape[-1] == math.prod(self.image_shape) and x.shape[-3:] != self.image_shape
         lead = x.shape[:-1] if flat else x.shape[:-3]
-        h = x.reshape(-1, *self.image_shape)  # (N, H, W, C)
+        h = jnp.moveaxis(x.reshape(-1, *self.image_shape), 0, -1)  # (H, W, C, N)
+        h = jnp.moveaxis(h, 2, 0)  # (C, H, W, N): feature-major, see conv_fm
         for conv in self.convs:
-            h = _pool2x2(jax.nn.relu(conv_matmul(conv, h)), self.pool)
-        h = h.reshape(h.shape[0], -1)
+            h = conv_fm(conv, h)
+            # max commutes with ReLU: pool first, then ReLU on a quarter of the values
+            h = (
+                jax.nn.relu(_pool2x2(h, "max"))
+                if self.pool == "max"
+                else (_pool2x2(jax.nn.relu(h), self.pool))
+            )
+        h = jnp.moveaxis(h, 0, 2).reshape(-1, h.shape[-1])  # (H'·W'·C, N): nnx's flattening order
         for layer in self.dense:
-            h = jax.nn.relu(layer(h))
-        return self.out(h).reshape(*lead, -1)
+            h = jax.nn.relu(_dense_feature_major(layer, h))
+        return _dense_feature_major(self.out, h).T.reshape(*lead, -1)
 
 
 @dataclasses.dataclass(frozen=True)
