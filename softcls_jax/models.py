@@ -11,9 +11,11 @@ Models (claim C2: ``y = b' + W' σ(b + W x)``, one logit per class, no output ac
 * ``cnn1d``: the small 1-D CNN of the MNIST-1D paper (3 conv layers, stride 2, then a linear layer);
 * ``cnn2d``: a LeNet-5-like 2-D CNN for images (conv → pool → conv → pool → dense → dense → logits).
 
-The convolutions run as im2col + matmul (:func:`conv_matmul`), with ``nnx.Conv``'s parameters: under
-the engine's ``vmap`` over configs a ``lax.conv`` becomes a grouped convolution, which XLA:CPU runs
-about 8× slower than the batched matmuls im2col gives (8 configs of ``cnn1d``, Adam, batch 100).
+The convolutions run as im2col + matmul with ``nnx.Conv``'s parameters, on feature-major activations
+``(C, *S, N)`` (:func:`conv_fm`; :func:`conv_matmul` is the channels-last form): under the engine's
+``vmap`` over configs a ``lax.conv`` becomes a grouped convolution, which XLA:CPU runs about 8×
+slower than the batched matmuls im2col gives (8 configs of ``cnn1d``, Adam, batch 100), and with the
+examples as the minor axis the patches are copied in long contiguous runs.
 """
 
 from __future__ import annotations
@@ -275,7 +277,8 @@ class CNN1D(nnx.Module):
 
     Input ``(N, L)`` sequences; padding 1 on each conv as in the paper's PyTorch code. The convs
     hold ``nnx.Conv`` parameters (kernel ``(k, C_in, C_out)``, bias ``(C_out,)``) but run as
-    im2col + matmul (:func:`conv_matmul`), equal to ``nnx.Conv`` to float32 rounding.
+    im2col + matmul on feature-major activations (:func:`conv_fm`), equal to ``nnx.Conv`` to float32
+    rounding.
     """
 
     def __init__(self, length: int, num_classes: int, channels: int = 25, *, rngs: nnx.Rngs):
@@ -359,7 +362,8 @@ class CNN2D(nnx.Module):
     Defaults (LeNet-5 on 28×28×1): conv 5×5 (padding 2) 6 channels → pool → 14×14 → conv 5×5 16
     channels → 10×10 → pool → 5×5×16 = 400 → 120 → 84 → ``C``. Input: images ``(N, H, W, C)`` or
     rows ``(..., H·W·C)`` flattened row-major (HWC). The convs hold ``nnx.Conv`` parameters and run
-    as im2col + matmul (:func:`conv_matmul`); pooling is a reshape and a max (or mean).
+    as im2col + matmul on feature-major activations (:func:`conv_fm`); pooling is a reshape and a
+    max (before the ReLU: they commute) or a mean.
     """
 
     def __init__(
