@@ -76,11 +76,12 @@ def op_totals(trace_events: list[dict]) -> tuple[collections.Counter, collection
     return total, calls
 
 
-def per_step_rows(total, calls, index, steps: int) -> list[dict]:
-    """The ops that ran once per step (the scan body), costliest first."""
+def per_step_rows(total, calls, index, steps: int, blocks: int = 1) -> list[dict]:
+    """The ops that ran once per step (the scan body) of each of ``blocks`` config blocks, costliest
+    first; µs per step of all blocks."""
     rows = []
     for name in total:
-        if calls[name] == steps and name in index:
+        if calls[name] == steps * blocks and name in index:
             shape, origin = index[name]
             rows.append(
                 {"op": name, "us_per_step": total[name] / steps, "shape": shape,
@@ -127,11 +128,13 @@ def main(argv: Sequence[str]) -> None:
         events = json.load(f)
     events = events["traceEvents"] if isinstance(events, dict) else events
     total, calls = op_totals(events)
-    rows = per_step_rows(total, calls, hlo_index(chunk.as_text()), steps)
+    blocks = trainer.layout.num_blocks
+    rows = per_step_rows(total, calls, hlo_index(chunk.as_text()), steps, blocks)
     if not rows:
         fail("the trace holds no per-op events (is this backend's runtime traced?)")
     summed = sum(r["us_per_step"] for r in rows)
-    print(f"{trainer.layout.size} configs, {steps} steps on {jax.devices()[0].platform}: "
+    print(f"{trainer.layout.size} configs ({blocks} cache block{'s' * (blocks > 1)}), {steps} steps "
+          f"on {jax.devices()[0].platform}: "
           f"{1e6 * wall / steps:.0f} µs per step (wall, under the profiler); "
           f"{summed:.0f} µs per step summed over {len(rows)} ops\n")  # fmt: skip
     print(f"{'µs/step':>8} {'share':>6}  {'op':<28} {'output shape':<24} from")

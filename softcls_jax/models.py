@@ -12,14 +12,17 @@ Models (claim C2: ``y = b' + W' σ(b + W x)``, one logit per class, no output ac
 * ``cnn2d``: a LeNet-5-like 2-D CNN for images (conv → pool → conv → pool → dense → dense → logits);
 * ``gru``: the MNIST-1D paper's bidirectional GRU (6 units per direction) with a linear read-out.
 
-The convolutions run as im2col + matmul (:func:`conv_matmul`), with ``nnx.Conv``'s parameters: under
-the engine's ``vmap`` over configs a ``lax.conv`` becomes a grouped convolution, which XLA:CPU runs
-about 8× slower than the batched matmuls im2col gives (8 configs of ``cnn1d``, Adam, batch 100).
+The convolutions run as im2col + matmul with ``nnx.Conv``'s parameters, on feature-major activations
+``(C, *S, N)`` (:func:`conv_fm`; :func:`conv_matmul` is the channels-last form): under the engine's
+``vmap`` over configs a ``lax.conv`` becomes a grouped convolution, which XLA:CPU runs about 8×
+slower than the batched matmuls im2col gives (8 configs of ``cnn1d``, Adam, batch 100), and with the
+examples as the minor axis the patches are copied in long contiguous runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -27,6 +30,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 Array = jax.Array
@@ -162,6 +166,15 @@ def conv_matmul(layer: nnx.Conv, x: Array) -> Array:
     one wide matmul ``(N·S_out, k·C_in) × (k·C_in, K·C_out)`` serves every config. Only explicit
     padding (``'VALID'``, an int or ``(lo, hi)`` pairs), no dilation, one feature group, no mask.
     """
+    _check_plain(layer)
+    kernel = layer.kernel[...]
+    k = kernel.shape[:-2]
+    patches = conv_patches(x, k, _tuple(layer.strides, len(k)), _pairs(layer.padding, len(k)))
+    y = jnp.einsum("...p,po->...o", patches, kernel.reshape(-1, kernel.shape[-1]))
+    return y + layer.bias[...] if layer.bias is not None else y
+
+
+def _check_plain(layer: nnx.Conv) -> None:
     if (
         layer.feature_group_count != 1
         or layer.mask is not None
@@ -170,11 +183,94 @@ def conv_matmul(layer: nnx.Conv, x: Array) -> Array:
     ):
         raise ValueError("conv_matmul supports plain convolutions only (no feature groups, "
                          "dilation or mask)")  # fmt: skip
-    kernel = layer.kernel[...]
+
+
+def _window_slices(
+    x: Array, kernel_size: tuple[int, ...], strides: tuple[int, ...], out: tuple[int, ...]
+) -> Array:
+    """The windows of ``x (C, *S, N)`` as strided slices: ``(C, prod(k)·prod(S_out), N)``."""
+    windows = [
+        x[(slice(None), *(slice(o, o + s * (m - 1) + 1, s)
+                          for o, s, m in zip(offsets, strides, out, strict=True)), slice(None))]
+        for offsets in itertools.product(*(range(k) for k in kernel_size))
+    ]  # fmt: skip
+    return jnp.stack(windows, axis=1).reshape(x.shape[0], -1, x.shape[-1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _windows(
+    x: Array, kernel_size: tuple[int, ...], strides: tuple[int, ...], out: tuple[int, ...]
+) -> Array:
+    """:func:`_window_slices` as one gather with constant indices. XLA:CPU runs it as one copy
+    loop; the 25 slices and the stack of the 5×5 windows were 26 passes, about twice the time."""
+    size = x.shape[1:-1]
+    grids = np.meshgrid(*(np.arange(m) * s for m, s in zip(out, strides, strict=True)),
+                        indexing="ij")  # fmt: skip
+    index = np.concatenate([
+        np.ravel_multi_index([g + o for g, o in zip(grids, offsets, strict=True)], size).ravel()
+        for offsets in itertools.product(*(range(k) for k in kernel_size))
+    ])  # fmt: skip
+    return jnp.take(x.reshape(x.shape[0], -1, x.shape[-1]), index, axis=1)
+
+
+def _windows_fwd(x, kernel_size, strides, out):
+    return _windows(x, kernel_size, strides, out), jax.ShapeDtypeStruct(x.shape, x.dtype)
+
+
+def _windows_bwd(kernel_size, strides, out, x_aval, g):
+    # The gather's own transpose is a scatter-add, slow on XLA:CPU; the slices' transpose (pads
+    # and adds) is one fused loop.
+    slices = functools.partial(_window_slices, kernel_size=kernel_size, strides=strides, out=out)
+    return jax.linear_transpose(slices, x_aval)(g)
+
+
+_windows.defvjp(_windows_fwd, _windows_bwd)
+
+
+def conv_patches_fm(
+    x: Array, kernel_size: Sequence[int], strides: Sequence[int], padding: Sequence[tuple[int, int]]
+) -> tuple[Array, list[int]]:
+    """im2col in the feature-major layout: ``x (C, *S, N)`` -> ``(C·prod(k), prod(S_out)·N)`` and
+    ``S_out``; rows channel major, kernel offsets minor (row-major over the ``d`` offsets).
+
+    The examples ``N`` are the minor axis, so every window is copied in runs of ``N`` or more
+    contiguous floats and its gradient added back in such runs; with channels last
+    (:func:`conv_patches`) the runs are ``C`` floats, 6 for cnn2d's second conv, and the copies
+    ran at a fraction of the memory bandwidth.
+    """
+    d = len(kernel_size)
+    x = jnp.pad(x, [(0, 0), *padding, (0, 0)])
+    size = x.shape[1 : 1 + d]
+    out = tuple((n - k) // s + 1 for n, k, s in zip(size, kernel_size, strides, strict=True))
+    # (C, prod(k)·prod(out), N). Many windows (cnn2d's 5×5): one gather; few (cnn1d's 3 or 5):
+    # slices, which measured faster there (8 configs of 32 per block, 1.4× on the whole step).
+    gather = _windows if math.prod(kernel_size) >= 9 else _window_slices
+    patches = gather(x, tuple(kernel_size), tuple(strides), out)
+    return patches.reshape(x.shape[0] * math.prod(kernel_size), -1), list(out)
+
+
+def conv_fm(layer: nnx.Conv, x: Array) -> Array:
+    """``layer`` on feature-major activations: ``x (C_in, *S, N)`` -> ``(C_out, *S_out, N)``, as
+    im2col (:func:`conv_patches_fm`) and one matmul ``(C_out, k·C_in) × (k·C_in, S_out·N)``.
+
+    Equal to ``layer(x.T).T`` (channels last) to float32 rounding, with the same parameters. Why
+    this layout: the engine maps the model over configs that share one minibatch; as for dense
+    layers (:func:`_dense_feature_major`) the examples then are the long, contiguous dimension of
+    every product, of the patches' copies and of their gradients, and a config's output is already
+    the next layer's input. Under ``vmap`` a shared ``x`` (the first layer) is cut into patches
+    once and one matmul serves every config.
+    """
+    _check_plain(layer)
+    kernel = layer.kernel[...]  # (*k, C_in, C_out)
     k = kernel.shape[:-2]
-    patches = conv_patches(x, k, _tuple(layer.strides, len(k)), _pairs(layer.padding, len(k)))
-    y = jnp.einsum("...p,po->...o", patches, kernel.reshape(-1, kernel.shape[-1]))
-    return y + layer.bias[...] if layer.bias is not None else y
+    patches, out = conv_patches_fm(
+        x, k, _tuple(layer.strides, len(k)), _pairs(layer.padding, len(k))
+    )
+    w = jnp.moveaxis(kernel, -2, 0).reshape(-1, kernel.shape[-1])  # rows (c, offsets), as patches
+    y = jnp.einsum("po,pm->om", w, patches)
+    if layer.bias is not None:
+        y = y + layer.bias[...][:, None]
+    return y.reshape(kernel.shape[-1], *out, x.shape[-1])
 
 
 class CNN1D(nnx.Module):
@@ -182,7 +278,8 @@ class CNN1D(nnx.Module):
 
     Input ``(N, L)`` sequences; padding 1 on each conv as in the paper's PyTorch code. The convs
     hold ``nnx.Conv`` parameters (kernel ``(k, C_in, C_out)``, bias ``(C_out,)``) but run as
-    im2col + matmul (:func:`conv_matmul`), equal to ``nnx.Conv`` to float32 rounding.
+    im2col + matmul on feature-major activations (:func:`conv_fm`), equal to ``nnx.Conv`` to float32
+    rounding.
     """
 
     def __init__(self, length: int, num_classes: int, channels: int = 25, *, rngs: nnx.Rngs):
@@ -197,19 +294,48 @@ class CNN1D(nnx.Module):
 
     def __call__(self, x: Array) -> Array:
         rows, lead = _rows(x, x.shape[-1])
-        h = rows[..., None]  # (N, L, 1): channels last
+        h = rows.T[None]  # (1, L, N): feature-major, see conv_fm
         for conv in self.convs:
-            h = jax.nn.relu(conv_matmul(conv, h))
-        return self.out(h.reshape(h.shape[0], -1)).reshape(*lead, -1)
+            h = jax.nn.relu(conv_fm(conv, h))
+        h = jnp.swapaxes(h, 0, 1).reshape(-1, h.shape[-1])  # (L'·C, N): nnx's flattening order
+        return _dense_feature_major(self.out, h).T.reshape(*lead, -1)
+
+
+@jax.custom_vjp
+def _max_pool2x2(h: Array) -> Array:
+    """2×2 max pooling of ``h (C, 2H, 2W, N)``; its gradient is one fused elementwise pass."""
+    c, height, width, n = h.shape
+    return h.reshape(c, height // 2, 2, width // 2, 2, n).max(axis=(2, 4))
+
+
+def _max_pool2x2_fwd(h: Array) -> tuple[Array, tuple[Array, Array]]:
+    m = _max_pool2x2(h)
+    return m, (h, m)
+
+
+def _max_pool2x2_bwd(res: tuple[Array, Array], g: Array) -> tuple[Array]:
+    # As jnp.max's gradient: shared equally by the maxima of a window (ties are common: MNIST's
+    # constant background gives equal conv outputs). Written by hand because XLA:CPU ran the
+    # generic one (compare, count, divide over 6-d shapes) as several slow passes.
+    h, m = res
+    c, height, width, n = h.shape
+    hit = h.reshape(c, height // 2, 2, width // 2, 2, n) == m[:, :, None, :, None]
+    hit = hit.astype(h.dtype)
+    share = g / (hit[:, :, 0, :, 0] + hit[:, :, 0, :, 1] + hit[:, :, 1, :, 0] + hit[:, :, 1, :, 1])
+    return ((hit * share[:, :, None, :, None]).reshape(h.shape),)
+
+
+_max_pool2x2.defvjp(_max_pool2x2_fwd, _max_pool2x2_bwd)
 
 
 def _pool2x2(h: Array, how: str) -> Array:
-    """2×2 pooling, stride 2, of ``h (N, H, W, C)`` as a reshape and a reduction:
-    ``(N, ⌊H/2⌋, ⌊W/2⌋, C)``; an odd last row or column is dropped (``VALID``)."""
-    n, height, width, c = h.shape
+    """2×2 pooling, stride 2, of feature-major ``h (C, H, W, N)``: ``(C, ⌊H/2⌋, ⌊W/2⌋, N)``; an odd
+    last row or column is dropped (``VALID``)."""
+    c, height, width, n = h.shape
     h = h[:, : 2 * (height // 2), : 2 * (width // 2)]
-    h = h.reshape(n, height // 2, 2, width // 2, 2, c)
-    return h.max(axis=(2, 4)) if how == "max" else h.mean(axis=(2, 4))
+    if how == "max":
+        return _max_pool2x2(h)
+    return h.reshape(c, height // 2, 2, width // 2, 2, n).mean(axis=(2, 4))
 
 
 POOLS = ("max", "mean")
@@ -237,7 +363,8 @@ class CNN2D(nnx.Module):
     Defaults (LeNet-5 on 28×28×1): conv 5×5 (padding 2) 6 channels → pool → 14×14 → conv 5×5 16
     channels → 10×10 → pool → 5×5×16 = 400 → 120 → 84 → ``C``. Input: images ``(N, H, W, C)`` or
     rows ``(..., H·W·C)`` flattened row-major (HWC). The convs hold ``nnx.Conv`` parameters and run
-    as im2col + matmul (:func:`conv_matmul`); pooling is a reshape and a max (or mean).
+    as im2col + matmul on feature-major activations (:func:`conv_fm`); pooling is a reshape and a
+    max (before the ReLU: they commute) or a mean.
     """
 
     def __init__(
@@ -271,13 +398,20 @@ class CNN2D(nnx.Module):
     def __call__(self, x: Array) -> Array:
         flat = x.shape[-1] == math.prod(self.image_shape) and x.shape[-3:] != self.image_shape
         lead = x.shape[:-1] if flat else x.shape[:-3]
-        h = x.reshape(-1, *self.image_shape)  # (N, H, W, C)
+        h = jnp.moveaxis(x.reshape(-1, *self.image_shape), 0, -1)  # (H, W, C, N)
+        h = jnp.moveaxis(h, 2, 0)  # (C, H, W, N): feature-major, see conv_fm
         for conv in self.convs:
-            h = _pool2x2(jax.nn.relu(conv_matmul(conv, h)), self.pool)
-        h = h.reshape(h.shape[0], -1)
+            h = conv_fm(conv, h)
+            # max commutes with ReLU: pool first, then ReLU on a quarter of the values
+            h = (
+                jax.nn.relu(_pool2x2(h, "max"))
+                if self.pool == "max"
+                else (_pool2x2(jax.nn.relu(h), self.pool))
+            )
+        h = jnp.moveaxis(h, 0, 2).reshape(-1, h.shape[-1])  # (H'·W'·C, N): nnx's flattening order
         for layer in self.dense:
-            h = jax.nn.relu(layer(h))
-        return self.out(h).reshape(*lead, -1)
+            h = jax.nn.relu(_dense_feature_major(layer, h))
+        return _dense_feature_major(self.out, h).T.reshape(*lead, -1)
 
 
 def _symmetric_uniform(bound: float) -> Callable[..., Array]:

@@ -132,6 +132,49 @@ def test_conv_matmul_vmapped_over_kernels_equals_each_conv():
                                rtol=1e-5, atol=1e-5)  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("kernel_size", "strides", "padding", "shape"),
+    [
+        ((5,), (2,), [(1, 1)], (6, 40, 1)),  # cnn1d: few windows, strided slices
+        ((3,), (2,), [(1, 2)], (4, 19, 5)),
+        ((5, 5), (1, 1), [(2, 2), (2, 2)], (2, 12, 12, 1)),  # cnn2d: many windows, one gather
+        ((5, 5), (1, 1), "VALID", (3, 9, 8, 6)),
+        ((3, 3), (2, 1), [(1, 0), (2, 1)], (3, 9, 7, 3)),  # gather with strides and padding
+    ],
+)
+def test_conv_fm_equals_nnx_conv_with_gradients(kernel_size, strides, padding, shape):
+    # The feature-major conv (C, *S, N) of the CNNs, against nnx.Conv on channels-last input:
+    # values and the gradients of kernel, bias and input (the gather's hand-written transpose),
+    # for one config and vmapped over per-config kernels with a shared or per-config input.
+    from flax import nnx
+
+    conv = nnx.Conv(shape[-1], 7, kernel_size=kernel_size, strides=strides, padding=padding,
+                    rngs=nnx.Rngs(0))  # fmt: skip
+    graphdef, params = nnx.split(conv)
+    stacked = jax.tree.map(
+        lambda p: p + jax.random.normal(jax.random.key(3), (3, *p.shape)), params
+    )
+    x = jax.random.normal(jax.random.key(2), shape)
+    to_fm = lambda x: jnp.moveaxis(x, (0, -1), (-1, 0))  # (N, *S, C) <-> (C, *S, N)
+    fast = lambda p, x: to_fm(models.conv_fm(nnx.merge(graphdef, p), to_fm(x)))
+    plain = lambda p, x: nnx.merge(graphdef, p)(x)
+    weights = jax.random.normal(jax.random.key(4), plain(params, x).shape)
+    loss = lambda f: lambda p, x: jnp.sum(jnp.sin(f(p, x)) * weights)
+    close = lambda a, b: np.testing.assert_allclose(  # float32 rounding of sums of ~100 terms
+        a, b, rtol=1e-4, atol=1e-5 * (1 + float(jnp.max(jnp.abs(b))))
+    )
+    close(fast(params, x), plain(params, x))
+    for a, b in zip(jax.tree.leaves(jax.grad(loss(fast), (0, 1))(params, x)),
+                    jax.tree.leaves(jax.grad(loss(plain), (0, 1))(params, x)), strict=True):  # fmt: skip
+        close(a, b)
+    xs = jax.random.normal(jax.random.key(5), (3, *shape))
+    for in_axes, xx in (((0, None), x), ((0, 0), xs)):
+        grad = lambda f, ax=in_axes, xx=xx: jax.vmap(jax.grad(loss(f), (0, 1)), ax)(stacked, xx)
+        close(jax.vmap(fast, in_axes)(stacked, xx), jax.vmap(plain, in_axes)(stacked, xx))
+        for a, b in zip(jax.tree.leaves(grad(fast)), jax.tree.leaves(grad(plain)), strict=True):
+            close(a, b)
+
+
 def test_conv_matmul_refuses_what_it_does_not_compute():
     from flax import nnx
 
