@@ -126,7 +126,7 @@ def study(dataset, losses, lrs, seeds, steps, widths, depths, study_seeds, progr
         "losses": best,
         "calibration": calibration.summarise(rows),
         "calibration_models": rows,
-        "architectures": calibration.summarise(arch_rows, by=("width", "depth")),
+        "architectures": calibration.summarise(arch_rows, by=("width", "depth", "params")),
         "architecture_models": arch_rows,
         "square_parity": SQUARE_PARITY,
         "_bins": bins,
@@ -219,10 +219,7 @@ def main(argv: Sequence[str]) -> None:
         if r.get("diverged"):
             print(f"{r['width']:>5g} {r['depth']:>5} diverged")
             continue
-        params = next(m["params"] for m in document["architecture_models"]
-                      if m["width"] == r["width"] and m["depth"] == r["depth"])  # fmt: skip
-        r["params"] = params
-        print(f"{r['width']:>5g} {r['depth']:>5} {params:>8} {100 * r['accuracy_before']:>7.2f}% "
+        print(f"{r['width']:>5g} {r['depth']:>5} {r['params']:>8} {100 * r['accuracy_before']:>7.2f}% "
               f"{r['ece_before']:>6.4f}±{r['ece_before_std']:.4f} {r['ece_after']:>9.4f}")  # fmt: skip
     figure(document, workdir / "mnist_cnn.png")
     document = {k: v for k, v in document.items() if not k.startswith("_")}

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from absl import app, flags
 
 from softcls_jax.files import atomic_write
-from softcls_jax.results import atomic_write_text
+from softcls_jax.results import atomic_write_json, atomic_write_text
 
 from .cli import FlagError, fail, make_workdir, parse_flags
 from .formatting import confident_start_row, square_loss_table, within
@@ -66,8 +66,9 @@ FAST = {
 EXPERIMENTS = tuple(FAST)
 
 
-def run_all(workdir: pathlib.Path, fast: bool, only: Sequence[str]) -> dict[str, float]:
-    seconds = {}
+def run_all(workdir: pathlib.Path, fast: bool, only: Sequence[str]) -> None:
+    """Runs the experiments, each into ``workdir/NAME`` with its stdout and ``run.json`` (wall
+    seconds, and whether it ran with ``--fast``), so a later render knows how each was made."""
     for name in only or EXPERIMENTS:
         args = [sys.executable, "-m", f"{__package__}.{name}", f"--workdir={workdir / name}"]
         if name == "sweep":
@@ -76,20 +77,21 @@ def run_all(workdir: pathlib.Path, fast: bool, only: Sequence[str]) -> dict[str,
         print(f"running {name} ...", flush=True)
         start = time.perf_counter()
         proc = subprocess.run(args, capture_output=True, text=True, check=False)
-        seconds[name] = time.perf_counter() - start
+        seconds = time.perf_counter() - start
         if proc.returncode != 0:
             raise RuntimeError(
                 f"{name} failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}"
             )
         (workdir / name / "stdout.txt").write_text(proc.stdout)
-        atomic_write_text(workdir / name / "seconds.txt", f"{seconds[name]:.1f}\n")
-    return seconds
+        atomic_write_json(workdir / name / RUN_FILE, {"seconds": seconds, "fast": fast})
 
 
-def run_seconds(workdir: pathlib.Path) -> dict[str, float]:
-    """Each experiment's wall time, as the run that wrote its results in ``workdir`` recorded it."""
-    found = {name: workdir / name / "seconds.txt" for name in EXPERIMENTS}
-    return {name: float(path.read_text()) for name, path in found.items() if path.exists()}
+RUN_FILE = "run.json"
+
+
+def runs(workdir: pathlib.Path) -> dict[str, dict]:
+    """Each experiment's ``run.json`` in ``workdir``: how the run that wrote its results was made."""
+    return {name: run for name in EXPERIMENTS if (run := _load(workdir, name, RUN_FILE))}
 
 
 def _load(workdir: pathlib.Path, name: str, file: str) -> dict | None:
@@ -108,9 +110,13 @@ def _closing(text: str) -> list[str]:
     return ["", text, ""]
 
 
-def render(workdir: pathlib.Path, fast: bool, seconds: dict[str, float]) -> str:
+def render(workdir: pathlib.Path, made: dict[str, dict]) -> str:
+    fast = [name for name, run in made.items() if run["fast"]]
+    settings = (
+        "full" if not fast else f"--fast (smaller runs, rougher numbers) for {', '.join(fast)}"
+    )
     out = ["# softcls-jax report", "",
-           f"Settings: {'--fast (smaller runs, rougher numbers)' if fast else 'full'}. "
+           f"Settings: {settings}. "
            "Every number below was written by its experiment's run (each experiment's wall time "
            "is at the end); references are beside them.", ""]  # fmt: skip
     if es := _load(workdir, "error_surface", "error_surface.json"):
@@ -246,9 +252,7 @@ def render(workdir: pathlib.Path, fast: bool, seconds: dict[str, float]) -> str:
             if r.get("diverged"):
                 out.append(f"| {r['width']:g} | {r['depth']} | | diverged | | |")
                 continue
-            params = next(m["params"] for m in mc["architecture_models"]
-                          if m["width"] == r["width"] and m["depth"] == r["depth"])  # fmt: skip
-            out.append(f"| {r['width']:g} | {r['depth']} | {params} | "
+            out.append(f"| {r['width']:g} | {r['depth']} | {r['params']} | "
                        f"{100 * r['accuracy_before']:.2f} | {r['ece_before']:.4f} ± "
                        f"{r['ece_before_std']:.4f} | {r['ece_after']:.4f} |")  # fmt: skip
         out += _closing(
@@ -270,7 +274,7 @@ def render(workdir: pathlib.Path, fast: bool, seconds: dict[str, float]) -> str:
             "### " + body,
             "",
         ]
-    out += ["## Run time", "", ", ".join(f"{k}: {v:.0f} s" for k, v in seconds.items()), ""]
+    out += ["## Run time", "", ", ".join(f"{k}: {v['seconds']:.0f} s" for k, v in made.items()), ""]
     return "\n".join(out)
 
 
@@ -317,7 +321,7 @@ def main(argv: Sequence[str]) -> None:
     try:
         if not FLAGS.render_only:
             run_all(workdir, FLAGS.fast, FLAGS.only)
-        atomic_write_text(workdir / "report.md", render(workdir, FLAGS.fast, run_seconds(workdir)))
+        atomic_write_text(workdir / "report.md", render(workdir, runs(workdir)))
         print(f"wrote {workdir}/report.md")
         if dest is not None:
             print(f"published {', '.join(publish(workdir, dest))} to {dest}")

@@ -127,16 +127,30 @@ def conv_patches(
     Each window offset is one strided slice; their gradient is a strided pad, so the backward pass
     is as plain as the forward.
     """
-    d = len(kernel_size)
+    x, out = _padded(x, kernel_size, strides, padding)
+    windows = _strided_windows(x, tuple(kernel_size), tuple(strides), out)
+    return jnp.concatenate(windows, axis=-1) if len(windows) > 1 else windows[0]
+
+
+def _padded(
+    x: Array, kernel_size: Sequence[int], strides: Sequence[int], padding: Sequence[tuple[int, int]]
+) -> tuple[Array, tuple[int, ...]]:
+    """``x (A, *S, B)`` zero-padded on its spatial axes ``S``, and the output size ``S_out``."""
     x = jnp.pad(x, [(0, 0), *padding, (0, 0)])
-    size = x.shape[1 : 1 + d]
-    out = [(n - k) // s + 1 for n, k, s in zip(size, kernel_size, strides, strict=True)]
-    windows = [
+    size = x.shape[1 : 1 + len(kernel_size)]
+    return x, tuple((n - k) // s + 1 for n, k, s in zip(size, kernel_size, strides, strict=True))
+
+
+def _strided_windows(
+    x: Array, kernel_size: tuple[int, ...], strides: tuple[int, ...], out: tuple[int, ...]
+) -> list[Array]:
+    """The windows of a padded ``x (A, *S, B)``, one strided slice ``(A, *S_out, B)`` per kernel
+    offset, offsets in row-major order (either layout: channels last or feature-major)."""
+    return [
         x[(slice(None), *(slice(o, o + s * (m - 1) + 1, s)
                           for o, s, m in zip(offsets, strides, out, strict=True)), slice(None))]
         for offsets in itertools.product(*(range(k) for k in kernel_size))
     ]  # fmt: skip
-    return jnp.concatenate(windows, axis=-1) if len(windows) > 1 else windows[0]
 
 
 def _tuple(value: int | Sequence[int] | None, d: int) -> tuple[int, ...]:
@@ -189,11 +203,7 @@ def _window_slices(
     x: Array, kernel_size: tuple[int, ...], strides: tuple[int, ...], out: tuple[int, ...]
 ) -> Array:
     """The windows of ``x (C, *S, N)`` as strided slices: ``(C, prod(k)·prod(S_out), N)``."""
-    windows = [
-        x[(slice(None), *(slice(o, o + s * (m - 1) + 1, s)
-                          for o, s, m in zip(offsets, strides, out, strict=True)), slice(None))]
-        for offsets in itertools.product(*(range(k) for k in kernel_size))
-    ]  # fmt: skip
+    windows = _strided_windows(x, kernel_size, strides, out)
     return jnp.stack(windows, axis=1).reshape(x.shape[0], -1, x.shape[-1])
 
 
@@ -238,10 +248,7 @@ def conv_patches_fm(
     (:func:`conv_patches`) the runs are ``C`` floats, 6 for cnn2d's second conv, and the copies
     ran at a fraction of the memory bandwidth.
     """
-    d = len(kernel_size)
-    x = jnp.pad(x, [(0, 0), *padding, (0, 0)])
-    size = x.shape[1 : 1 + d]
-    out = tuple((n - k) // s + 1 for n, k, s in zip(size, kernel_size, strides, strict=True))
+    x, out = _padded(x, kernel_size, strides, padding)
     # (C, prod(k)·prod(out), N). Many windows (cnn2d's 5×5): one gather; few (cnn1d's 3 or 5):
     # slices, which measured faster there (8 configs of 32 per block, 1.4× on the whole step).
     gather = _windows if math.prod(kernel_size) >= 9 else _window_slices

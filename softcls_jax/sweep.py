@@ -194,21 +194,14 @@ def build_model(spec: SweepSpec, dataset: data.Dataset) -> models.Model:
     """The spec's model for ``dataset`` (its initial scale is the ``init_scale`` axis).
 
     ``cnn2d`` takes the images' shape from the data set and keeps its LeNet-5 sizes, ``gru`` its 6
-    units per direction (``hidden`` is the mlp's); on flat data without an image shape it is a :class:`SettingError` of ``model``."""
-    if spec.model == "gru":  # the paper's sizes; --hidden is the mlp's
-        try:
-            return models.make_model("gru", dataset.num_features, dataset.num_classes)
-        except ValueError as e:
-            raise SettingError("model", f"{dataset.name}: {e}") from None
-    if spec.model == "cnn2d":
-        try:
-            return models.make_model("cnn2d", dataset.num_features, dataset.num_classes,
-                                     image_shape=dataset.image_shape)  # fmt: skip
-        except ValueError as e:
-            raise SettingError("model", f"{dataset.name}: {e}") from None
+    units per direction (``hidden`` and ``activation`` are the mlp's); on flat data without an image
+    shape ``cnn2d`` is a :class:`SettingError` of ``model``."""
+    kwargs = {
+        "cnn2d": {"image_shape": dataset.image_shape},
+        "gru": {},  # the MNIST-1D paper's sizes
+    }.get(spec.model, {"hidden": spec.hidden, "activation": spec.activation})
     try:
-        return models.make_model(spec.model, dataset.num_features, dataset.num_classes,
-                                 hidden=spec.hidden, activation=spec.activation)  # fmt: skip
+        return models.make_model(spec.model, dataset.num_features, dataset.num_classes, **kwargs)
     except ValueError as e:
         raise SettingError("model", f"{spec.model} on {spec.dataset}: {e}") from None
 
