@@ -62,7 +62,9 @@ def test_report_fast_subset(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "![error surface](error_surface/error_surface.png)" in report
     assert "## 2. Gradient against confidence (C11)" in report
-    assert "Settings: --fast (smaller runs, rougher numbers) for error_surface, gradients." in report
+    assert (
+        "Settings: --fast (smaller runs, rougher numbers) for error_surface, gradients." in report
+    )
 
 
 def test_report_publish_copies_only_the_report_and_its_figures(tmp_path):
