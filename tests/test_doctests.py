@@ -11,6 +11,7 @@ MODULES = [
     "softcls_jax",
     "softcls_jax.data",
     "softcls_jax.engine.driver",
+    "softcls_jax.engine.evaluate",
     "softcls_jax.engine.layout",
     "softcls_jax.gradients",
     "softcls_jax.labels",

@@ -250,3 +250,18 @@ def test_block_configs_must_not_be_negative():
         m = models.make_model("linear", d.num_features, d.num_classes)
         engine.Trainer(m, d, engine.Layout(("ce",), (0.1,), (0,)), engine.TrainSettings(),
                            block_configs=-1)  # fmt: skip
+
+
+@pytest.mark.parametrize("n, chunk", [(7, 3), (6, 3), (2, 4)])  # remainder, exact, one chunk
+@pytest.mark.parametrize("name", ["mlp", "cnn2d", "gru"])
+def test_evaluation_in_example_chunks_equals_one_forward_pass(name, n, chunk):
+    from softcls_jax.engine.evaluate import chunked_apply
+
+    shape = (16, 16, 1)
+    model = models.make_model(name, 256, 3, image_shape=shape if name == "cnn2d" else None)
+    params = model.init(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (n, 256))
+    apply = functools.partial(model.apply, params)
+    chunked = jax.jit(lambda x: chunked_apply(apply, x, chunk))(x)
+    assert chunked.shape == (n, 3)
+    np.testing.assert_allclose(chunked, apply(x), rtol=1e-5, atol=1e-6)
