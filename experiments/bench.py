@@ -110,7 +110,7 @@ def time_trainer(trainer, steps: int) -> dict:
     steady = time.perf_counter() - t0
     compile_s = trainer.trace_seconds + trainer.compile_seconds  # as naive JAX's lower + compile
     return {"wall_s": wall, "compile_s": compile_s, "run_s": wall - compile_s, "steady_s": steady,
-            "accuracy": history[-1]["test_accuracy"][0].tolist()}  # fmt: skip
+            "eval_s": trainer.eval_seconds, "accuracy": history[-1]["test_accuracy"][0].tolist()}  # fmt: skip
 
 
 def run_sweep(dataset, num_lrs, steps) -> dict:
@@ -399,15 +399,17 @@ def run_cnn_naive_jax(name: str, dataset, num_configs: int, steps: int, params0,
     compiled = jax.jit(step).lower(*args).compile()
     compile_s = time.perf_counter() - start
     predict = jax.jit(model.apply)
-    accuracies = []
+    accuracies, eval_s = [], 0.0
     for config in trainer.layout.configs():
         params, opt_state = params0, adam.init(params0)
         lr = jnp.float32(config.learning_rate)
         for idx in batches:
             params, opt_state = compiled(params, opt_state, x_train[idx], y_train[idx], lr)
+        t0 = time.perf_counter()
         accuracies.append(_accuracy(np.asarray(predict(params, dataset.x_test)), dataset.y_test))
+        eval_s += time.perf_counter() - t0
     wall = time.perf_counter() - start
-    return {"wall_s": wall, "compile_s": compile_s, "run_s": wall - compile_s,
+    return {"wall_s": wall, "compile_s": compile_s, "run_s": wall - compile_s, "eval_s": eval_s,
             "accuracy": accuracies}  # fmt: skip
 
 
@@ -475,7 +477,7 @@ def run_cnn_torch_loop(name: str, dataset, num_configs: int, steps: int, params0
     xt = _torch_images(torch, name, dataset.x_test, dataset)
     idx_all = torch.from_numpy(batches.astype(np.int64))
     f = torch.nn.functional
-    accuracies = []
+    accuracies, eval_s = [], 0.0
     start = time.perf_counter()
     for config in trainer.layout.configs():
         net = torch_cnn(torch, name, params0, dataset)
@@ -486,10 +488,13 @@ def run_cnn_torch_loop(name: str, dataset, num_configs: int, steps: int, params0
             opt.zero_grad()
             loss.backward()
             opt.step()
+        t0 = time.perf_counter()
         with torch.no_grad():
             accuracies.append(_accuracy(net(xt).numpy(), dataset.y_test))
+        eval_s += time.perf_counter() - t0
     wall = time.perf_counter() - start
-    return {"wall_s": wall, "compile_s": 0.0, "run_s": wall, "accuracy": accuracies}
+    return {"wall_s": wall, "compile_s": 0.0, "run_s": wall, "eval_s": eval_s,
+            "accuracy": accuracies}  # fmt: skip
 
 
 def main_cnn(name: str, quick: bool) -> None:
@@ -515,7 +520,7 @@ def main_cnn(name: str, quick: bool) -> None:
     peak = matmul_peak()
     print(f"matmul peak (2048² float32 jnp.dot): {peak:.1f} GFLOP/s", flush=True)
     rows = []
-    header = (f"\n{'G':>4} {'contender':<11} {'wall s':>8} {'compile s':>9} {'run s':>8} "
+    header = (f"\n{'G':>4} {'contender':<11} {'wall s':>8} {'compile s':>9} {'eval s':>7} {'run s':>8} "
               f"{'cfg·ex/s':>9} {'sweep ×':>8} {'GFLOP/s':>8} {'% peak':>7} {'accuracy':>9} {'max Δacc':>9}")  # fmt: skip
     for g in sizes:
         reference = cnn_workload(name, g, steps, dataset)
@@ -543,11 +548,13 @@ def main_cnn(name: str, quick: bool) -> None:
                    "peak_share": gflops / peak, "max_accuracy_difference": delta}  # fmt: skip
             rows.append(row)
             print(f"{g:>4} {contender:<11} {r['wall_s']:>8.2f} {r['compile_s']:>9.2f} "
-                  f"{r['run_s']:>8.2f} {row['config_examples_per_s']:>9.3g} "
+                  f"{r['eval_s']:>7.2f} {r['run_s']:>8.2f} {row['config_examples_per_s']:>9.3g} "
                   f"{row['sweep_speedup']:>8.2f} {gflops:>8.1f} {100 * gflops / peak:>6.1f}% "
                   f"{100 * np.mean(r['accuracy']):>8.2f}% {100 * delta:>8.2f}", flush=True)  # fmt: skip
     print(
-        "\ncfg·ex/s: configs × examples / wall s (compile included); sweep ×: the contender's "
+        "\neval s: of run s, the time spent evaluating (the sweep: every config on the test and "
+        "train splits at step 0 and at the end; the others: the test split at the end); "
+        "cfg·ex/s: configs × examples / wall s (compile included); sweep ×: the contender's "
         "wall over the sweep's; GFLOP/s and % peak: the sweep's steady re-run of its compiled "
         "chunk, the others' training loop without compile; max Δacc: the largest per-config "
         "test-accuracy difference from the sweep, in points"

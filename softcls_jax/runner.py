@@ -117,6 +117,7 @@ def run(
         "wall_s": wall,
         "trace_s": trainer.trace_seconds,
         "compile_s": trainer.compile_seconds,
+        "eval_s": trainer.eval_seconds,
         "compiled_chunks": trainer.compiled_chunks,
         "config_examples_per_s": layout.size * settings.steps * settings.batch_size / wall,
     }

@@ -23,6 +23,7 @@ def test_readme_python_api_example_runs():
     assert len(doc["configs"]) == 2 * 2 * 2 * 2  # losses × learning rates × weight decay × seeds
     assert {c["loss"] for c in doc["configs"]} == {"ce", "focal_loss"}
     assert doc["settings"]["model"] == "net" and doc["timing"]["compiled_chunks"] == 1
+    assert 0 < doc["timing"]["eval_s"] < doc["timing"]["wall_s"]
     best = max(c["final"]["test_accuracy"] for c in doc["configs"] if c["loss"] == "focal_loss")
     assert best > 0.9  # the custom loss trains the custom network
     lines = out.getvalue().splitlines()
