@@ -297,14 +297,19 @@ class Trainer:
 
         ``state`` is donated: do not use it after the call.
         """
+        state, out = self.train_chunk(state, num_steps)
+        return state, {**self._test_metrics(state), **self.real(jax.device_get(out))}
+
+    def train_chunk(self, state: GridState, num_steps: int) -> tuple[GridState, dict[str, Any]]:
+        """The compiled chunk alone (no evaluation): the new state and the chunk's ``train_loss``
+        and ``grad_norm``, ``(S, K')`` arrays still on the devices. ``state`` is donated."""
         args = (state, self.data, self.batch_indices(state.step, num_steps))
         result = self.compiled_chunk(*args)(*args)
         if self.settings.checked:
             error, result = result
             if error.get() is not None:
                 raise ValueError(f"checked mode: {error.get()}")
-        state, out = result
-        return state, {**self._test_metrics(state), **self.real(jax.device_get(out))}
+        return result
 
     def chunk_sizes(self, start: int = 0) -> Iterator[int]:
         """Steps of each remaining chunk: ``eval_every`` each, the last one possibly shorter."""
