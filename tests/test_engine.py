@@ -71,7 +71,7 @@ def test_chunk_batch_indices_equal_the_per_step_definition():
 
 @pytest.mark.parametrize("model", ["linear", "mlp", "cnn1d"])
 def test_cheaply_compiled_programs_give_the_default_results(model):
-    # The init and index programs run once and are compiled at -O1 on CPU: bitwise the same results.
+    # The init (-O1) and index (-O0) programs run once and are compiled cheaply on CPU: bitwise the same results.
     trainer = _trainer(engine.Layout(("ce", "mse"), (0.1, 0.3), (0, 5)), model=model)
     default_init = jax.jit(functools.partial(step.init, trainer.program))(
         trainer.init_keys, trainer.hparams
@@ -254,14 +254,37 @@ def test_block_configs_must_not_be_negative():
 
 @pytest.mark.parametrize("n, chunk", [(7, 3), (6, 3), (2, 4)])  # remainder, exact, one chunk
 @pytest.mark.parametrize("name", ["mlp", "cnn2d", "gru"])
-def test_evaluation_in_example_chunks_equals_one_forward_pass(name, n, chunk):
-    from softcls_jax.engine.evaluate import chunked_apply
+def test_evaluation_in_example_chunks_equals_one_forward_pass_per_config(name, n, chunk):
+    from softcls_jax.engine.evaluate import grid_logits
 
     shape = (16, 16, 1)
     model = models.make_model(name, 256, 3, image_shape=shape if name == "cnn2d" else None)
-    params = model.init(jax.random.key(0))
+    params = jax.vmap(model.init)(jax.random.split(jax.random.key(0), 2))
     x = jax.random.normal(jax.random.key(1), (n, 256))
-    apply = functools.partial(model.apply, params)
-    chunked = jax.jit(lambda x: chunked_apply(apply, x, chunk))(x)
-    assert chunked.shape == (n, 3)
-    np.testing.assert_allclose(chunked, apply(x), rtol=1e-5, atol=1e-6)
+    chunked = jax.jit(lambda p, x: grid_logits(model.apply, p, x, chunk))(params, x)
+    assert chunked.shape == (2, n, 3)
+    for k in range(2):
+        one = model.apply(jax.tree.map(lambda a, k=k: a[k], params), x)
+        np.testing.assert_allclose(chunked[k], one, rtol=1e-5, atol=1e-6)
+
+
+def test_evaluation_config_blocks_fit_the_budget_and_divide_the_grid():
+    from softcls_jax.engine.evaluate import config_block
+
+    assert config_block(12, 100, budget=500) == 4  # 5 fit, 4 is the largest divisor
+    assert config_block(12, 100, budget=10_000) == 12
+    assert config_block(7, 100, budget=500) == 1  # a prime grid: one at a time
+    assert config_block(3, 10**9, budget=500) == 1  # one config over the budget still runs
+
+
+def test_evaluation_in_config_blocks_equals_one_block(monkeypatch):
+    from softcls_jax.engine import evaluate
+
+    trainer = _trainer(engine.Layout(("ce", "mse"), (0.1, 0.3), (0, 5)))
+    state, _ = trainer.run_chunk(trainer.init_state(), 3)
+    one_block = jax.device_get(trainer._eval_fn(state, trainer.data, trainer.loss_ids))
+    rows = digits().x_train.shape[0] + digits().x_test.shape[0]
+    monkeypatch.setattr(evaluate, "EVAL_LOGITS_BYTES", 2 * rows * 10 * 4)  # blocks of 2 configs
+    fn = jax.jit(functools.partial(evaluate.evaluate, trainer.program))
+    blocked = jax.device_get(fn(state, trainer.data, trainer.loss_ids))
+    chex.assert_trees_all_close(blocked, one_block, rtol=1e-6)

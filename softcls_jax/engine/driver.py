@@ -212,17 +212,18 @@ class Trainer:
 
     # ---------------------------------------------------------------- compiled programs
 
-    def _compiled_once(self, key: Any, fn: Any, *args: Any, run_once: bool = False) -> Any:
+    def _compiled_once(self, key: Any, fn: Any, *args: Any, llvm_level: int | None = None) -> Any:
         """``fn`` compiled ahead of time for these arguments, once per ``key``; both times counted.
 
-        ``run_once``: a program that runs once per sweep or chunk and does little work (the init, the
-        minibatch indices) is compiled by XLA:CPU at LLVM -O1, not -O2: a third of the compile time,
-        the same results (a test checks bitwise).
+        ``llvm_level``: a program that runs once per sweep or chunk and does little work (the init,
+        the minibatch indices) is compiled by XLA:CPU at this LLVM level, not -O2, since its compile
+        is most of its cost: the init at -O1 (a third of the compile time; -O0 changes float
+        rounding), the integer-only indices at -O0. The results are bitwise the same (tested).
         """
         if key not in self._compiled:
             jax.block_until_ready(args)  # or the timer would also count a chunk still running
-            cheap = run_once and self.devices[0].platform == "cpu"
-            options = {"xla_backend_optimization_level": 1} if cheap else None
+            cheap = llvm_level is not None and self.devices[0].platform == "cpu"
+            options = {"xla_backend_optimization_level": llvm_level} if cheap else None
             start = time.perf_counter()
             lowered = fn.lower(*args)
             traced = time.perf_counter()
@@ -238,13 +239,13 @@ class Trainer:
     def init_state(self) -> GridState:
         """Initial parameters (one draw per seed) and optimizer states; each config's axis values."""
         args = (self.init_keys, self.hparams)
-        return self._compiled_once("init", self._init_fn, *args, run_once=True)(*args)
+        return self._compiled_once("init", self._init_fn, *args, llvm_level=1)(*args)
 
     def batch_indices(self, first_step: Any, num_steps: int) -> jax.Array:
         """The minibatch indices of steps ``first_step …`` of every seed, ``(num_steps, S, B)``: the
         engine's own index stream, from one program compiled once per chunk length."""
         args = (self.data_keys, first_step, num_steps)
-        fn = self._compiled_once(("indices", num_steps), self._indices_fn, *args, run_once=True)
+        fn = self._compiled_once(("indices", num_steps), self._indices_fn, *args, llvm_level=0)
         return fn(*args[:2])
 
     def compiled_chunk(self, state: GridState, data: Data, indices: jax.Array) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -13,44 +14,63 @@ from softcls_jax.engine.step import Data, GridState, Program, constrain, label_r
 Array = jax.Array
 
 EVAL_CHUNK = 2048  # examples per forward pass in evaluation: bounds its memory, whatever the data
+EVAL_LOGITS_BYTES = 2**28  # the logits one block of configs holds at once (all its splits)
 
 
-def chunked_apply(apply: Callable[[Array], Array], x: Array, chunk: int = EVAL_CHUNK) -> Array:
-    """``apply(x)`` for ``x (N, ...)``, computed ``chunk`` examples at a time: ``(N, ...)``.
+def grid_logits(
+    apply: Callable[[Any, Array], Array], params: Any, x: Array, chunk: int = EVAL_CHUNK
+) -> Array:
+    """``apply(params[k], x)`` for every config ``k``: ``(K, N, ...)`` for params with leaves
+    ``(K, ...)`` and ``x (N, ...)``, computed ``chunk`` examples at a time.
 
-    Why: a forward pass over a whole split holds every activation of every example at once; for a
-    CNN's im2col that is ``k²`` copies of each feature map (gigabytes for 60,000 MNIST images). In
-    ``lax.map`` over full chunks (sliced in place, no copy of ``x``) and one call for the remainder,
-    the working set is one chunk's. ``apply`` must treat examples independently (every model here).
+    Why chunks: a forward pass over a whole split holds every activation of every example at once;
+    for a CNN's im2col that is ``k²`` copies of each feature map (gigabytes for 60,000 MNIST
+    images). Why the examples loop outside the configs loop: inside it, whatever of the forward
+    pass depends on the examples alone (the first conv's patches of the shared input) is computed
+    once per chunk for all configs, not once per config. ``apply`` must treat examples
+    independently (every model here).
 
     Example:
-      >>> chunked_apply(lambda x: 2 * x, jnp.arange(5.0), chunk=2)
-      Array([0., 2., 4., 6., 8.], dtype=float32)
+      >>> grid_logits(lambda w, x: w * x, jnp.array([1.0, 2.0]), jnp.arange(3.0), chunk=2)
+      Array([[0., 1., 2.],
+             [0., 2., 4.]], dtype=float32)
     """
+    every_config = lambda xb: jax.lax.map(lambda p: apply(p, xb), params)  # (K, n, ...)
     n = x.shape[0]
     if n <= chunk:
-        return apply(x)
+        return every_config(x)
     full = n // chunk
-    body = lambda i: apply(jax.lax.dynamic_slice_in_dim(x, i * chunk, chunk))
-    out = jax.lax.map(body, jnp.arange(full))
-    out = out.reshape(full * chunk, *out.shape[2:])
-    return out if n == full * chunk else jnp.concatenate([out, apply(x[full * chunk :])])
+    body = lambda i: every_config(jax.lax.dynamic_slice_in_dim(x, i * chunk, chunk))
+    out = jnp.moveaxis(jax.lax.map(body, jnp.arange(full)), 0, 1)  # (K, full, chunk, ...)
+    out = out.reshape(out.shape[0], full * chunk, *out.shape[3:])
+    return out if n == full * chunk else jnp.concatenate([out, every_config(x[full * chunk :])], 1)
+
+
+def config_block(num_configs: int, bytes_per_config: int, budget: int = EVAL_LOGITS_BYTES) -> int:
+    """Configs evaluated together: the largest divisor of ``num_configs`` whose logits fit
+    ``budget`` bytes (at least 1).
+
+    Example:
+      >>> config_block(12, 100, budget=500), config_block(7, 100, budget=500)
+      (4, 1)
+    """
+    most = max(1, budget // max(1, bytes_per_config))
+    return max(d for d in range(1, min(num_configs, most) + 1) if num_configs % d == 0)
 
 
 def evaluate(program: Program, state: GridState, data: Data, loss_ids: Array) -> dict[str, Array]:
     """Test and train metrics of every config, ``(S, K')`` (NaN once diverged).
 
-    ``loss_ids``: ``(K',)`` int32, each config's loss group. Configs are evaluated one at a time by
-    ``lax.map`` (a config's metrics never depend on its neighbours'), each split in chunks of
-    :data:`EVAL_CHUNK` examples (:func:`chunked_apply`); a config's test loss is its own loss (with
-    its k, M) on the true labels, its train metrics on its own (noisy) labels.
+    ``loss_ids``: ``(K',)`` int32, each config's loss group. The configs go in blocks whose logits
+    fit :data:`EVAL_LOGITS_BYTES` (:func:`config_block`); a block's logits come from
+    :func:`grid_logits` (chunks of :data:`EVAL_CHUNK` examples, every config of the block per
+    chunk), then its metrics one config at a time (``lax.map``: a config's metrics never depend on
+    its neighbours'). A config's test loss is its own loss (with its k, M) on the true labels, its
+    train metrics on its own (noisy) labels.
     """
 
     def one(args):
-        params, loss_id, hp = args
-        logits = lambda x: chunked_apply(lambda xb: program.model.apply(params, xb), x)
-        test_logits = logits(data.x_test)
-        train_logits = logits(data.x_train)
+        test_logits, train_logits, val_logits, loss_id, hp = args
         branches = [
             lambda o, y, hp, fn=fn, extra=extra: fn(o, y, **{kw: hp[a] for a, kw in extra})
             for fn, extra in zip(program.losses, program.loss_hparams, strict=True)
@@ -61,7 +81,6 @@ def evaluate(program: Program, state: GridState, data: Data, loss_ids: Array) ->
         if data.y_train.shape[0] > 1:
             y_train = data.y_train[label_row(hp["label_noise"], data.noise_levels)]
         nan = jnp.full((), jnp.nan, jnp.float32)
-        val_logits = None if data.x_val is None else logits(data.x_val)
         return {
             "val_nll": nan if val_logits is None else metrics.nll(val_logits, data.y_val),
             "val_accuracy": nan if val_logits is None else metrics.accuracy(val_logits, data.y_val),
@@ -73,10 +92,19 @@ def evaluate(program: Program, state: GridState, data: Data, loss_ids: Array) ->
             "train_accuracy": metrics.accuracy(train_logits, y_train),
         }
 
+    def block(args):
+        params, loss_id, hp = args
+        logits = lambda x: grid_logits(program.model.apply, params, x)
+        val_logits = None if data.x_val is None else logits(data.x_val)
+        return jax.lax.map(one, (logits(data.x_test), logits(data.x_train), val_logits, loss_id,
+                                 hp))  # fmt: skip
+
     s, k = state.diverged_at.shape
-    flat = lambda x: x.reshape(s * k, *x.shape[2:])
-    args = (jax.tree.map(flat, state.params), jnp.tile(loss_ids, s),
-            jax.tree.map(flat, state.hparams))  # fmt: skip
-    out = {name: v.reshape(s, k) for name, v in jax.lax.map(one, args).items()}
+    rows = sum(x.shape[0] for x in (data.x_test, data.x_train, data.x_val) if x is not None)
+    size = config_block(s * k, rows * program.num_classes * 4)
+    blocks = lambda x: x.reshape(s * k // size, size, *x.shape[2:])
+    args = (jax.tree.map(blocks, state.params), blocks(jnp.tile(loss_ids, s)),
+            jax.tree.map(blocks, state.hparams))  # fmt: skip
+    out = {name: v.reshape(s, k) for name, v in jax.lax.map(block, args).items()}
     alive = state.diverged_at < 0
     return constrain(program, {n: jnp.where(alive, v, jnp.nan) for n, v in out.items()}, True)
