@@ -555,7 +555,7 @@ def main_cnn(name: str, quick: bool) -> None:
                   f"{100 * np.mean(r['accuracy']):>8.2f}% {100 * delta:>8.2f}", flush=True)  # fmt: skip
     print(
         "\neval s: of run s, the time spent evaluating (the sweep: every config on the test and "
-        "train splits at step 0 and at the end; the others: the test split at the end); "
+        "train splits at the end; the others: the test split at the end); "
         "cfg·ex/s: configs × examples / wall s (compile included); sweep ×: the contender's "
         "wall over the sweep's; GFLOP/s and % peak: the sweep's steady re-run of its compiled "
         "chunk, the others' training loop without compile; max Δacc: the largest per-config "

@@ -71,7 +71,7 @@ def test_cnn_sweep_and_naive_jax_agree(cnn_setups, name):
     sweep = bench.run_cnn_sweep(name, dataset, 2, steps)
     naive = bench.run_cnn_naive_jax(name, dataset, 2, steps, params0, batches)
     assert len(sweep["accuracy"]) == 2 and naive["compile_s"] > 0
-    # evaluation is timed apart, inside the run time (the sweep evaluates at step 0 and the end)
+    # evaluation is timed apart, inside the run time (the sweep evaluates once, at the end)
     for result in (sweep, naive):
         assert 0 < result["eval_s"] < result["run_s"]
     m = dataset.x_test.shape[0]
