@@ -71,7 +71,8 @@ def test_chunk_batch_indices_equal_the_per_step_definition():
 
 @pytest.mark.parametrize("model", ["linear", "mlp", "cnn1d"])
 def test_cheaply_compiled_programs_give_the_default_results(model):
-    # The init (-O1) and index (-O0) programs run once and are compiled cheaply on CPU: bitwise the same results.
+    # The init (-O1) and index (-O0) programs run once and are compiled cheaply on CPU: bitwise
+    # the same results.
     trainer = _trainer(engine.Layout(("ce", "mse"), (0.1, 0.3), (0, 5)), model=model)
     default_init = jax.jit(functools.partial(step.init, trainer.program))(
         trainer.init_keys, trainer.hparams
@@ -275,6 +276,15 @@ def test_evaluation_config_blocks_fit_the_budget_and_divide_the_grid():
     assert config_block(12, 100, budget=10_000) == 12
     assert config_block(7, 100, budget=500) == 1  # a prime grid: one at a time
     assert config_block(3, 10**9, budget=500) == 1  # one config over the budget still runs
+
+
+def test_evaluation_helpers_reject_empty_chunks_and_grids():
+    from softcls_jax.engine.evaluate import config_block, grid_logits
+
+    with pytest.raises(ValueError, match="chunk must be at least 1 example, got 0"):
+        grid_logits(lambda w, x: w * x, jnp.ones(2), jnp.ones(3), chunk=0)
+    with pytest.raises(ValueError, match="num_configs must be at least 1, got 0"):
+        config_block(0, 100, budget=500)
 
 
 def test_evaluation_in_config_blocks_equals_one_block(monkeypatch):

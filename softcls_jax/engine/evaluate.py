@@ -31,17 +31,18 @@ def grid_logits(
     images). Why equal ones (``x`` zero-padded to a multiple, the padding's outputs dropped): the
     program holds one copy of the forward pass, whatever ``N``, so it compiles once; aligned ones:
     the examples are the minor axis of the CNNs' activations, and unaligned rows were measured
-    slower. Why the
-    examples loop outside the configs loop: inside it, whatever of the forward pass depends on the
-    examples alone (the first conv's patches of the shared input) is computed once per chunk for
-    all configs, not once per config. ``apply`` must treat examples independently (every model
-    here).
+    slower. Why the examples loop outside the configs loop: inside it, whatever of the forward pass
+    depends on the examples alone (the first conv's patches of the shared input) is computed once
+    per chunk for all configs, not once per config. ``apply`` must treat examples independently
+    (every model here).
 
     Example:
       >>> grid_logits(lambda w, x: w * x, jnp.array([1.0, 2.0]), jnp.arange(3.0), chunk=2)
       Array([[0., 1., 2.],
              [0., 2., 4.]], dtype=float32)
     """
+    if chunk < 1:
+        raise ValueError(f"chunk must be at least 1 example, got {chunk}")
     every_config = lambda xb: jax.lax.map(lambda p: apply(p, xb), params)  # (K, n, ...)
     n = x.shape[0]
     if n <= chunk:
@@ -54,7 +55,7 @@ def grid_logits(
     return out.reshape(out.shape[0], num_chunks * size, *out.shape[3:])[:, :n]
 
 
-def config_block(num_configs: int, bytes_per_config: int, budget: int = EVAL_LOGITS_BYTES) -> int:
+def config_block(num_configs: int, bytes_per_config: int, budget: int) -> int:
     """Configs evaluated together: the largest divisor of ``num_configs`` whose logits fit
     ``budget`` bytes (at least 1).
 
@@ -62,6 +63,8 @@ def config_block(num_configs: int, bytes_per_config: int, budget: int = EVAL_LOG
       >>> config_block(12, 100, budget=500), config_block(7, 100, budget=500)
       (4, 1)
     """
+    if num_configs < 1:
+        raise ValueError(f"num_configs must be at least 1, got {num_configs}")
     most = max(1, budget // max(1, bytes_per_config))
     return max(d for d in range(1, min(num_configs, most) + 1) if num_configs % d == 0)
 
@@ -100,19 +103,20 @@ def evaluate(program: Program, state: GridState, data: Data, loss_ids: Array) ->
             "train_accuracy": metrics.accuracy(train_logits, y_train),
         }
 
+    # all splits in one forward pass: one copy of the model in the program (compile time)
     splits = [x for x in (data.x_test, data.x_train, data.x_val) if x is not None]
     ends = np.cumsum([x.shape[0] for x in splits]).tolist()
+    x_all = jnp.concatenate(splits)
 
     def block(args):
         params, loss_id, hp = args
-        # all splits in one forward pass: one copy of the model in the program (compile time)
-        logits = grid_logits(program.model.apply, params, jnp.concatenate(splits))
+        logits = grid_logits(program.model.apply, params, x_all)
         test, train, *val = jnp.split(logits, ends[:-1], axis=1)
         return jax.lax.map(one, (test, train, val[0] if val else None, loss_id, hp))
 
     s, k = state.diverged_at.shape
-    rows = ends[-1]
-    size = config_block(s * k, rows * program.num_classes * 4)
+    # the budget is read here, not bound as a default, so that it can be changed (tests do)
+    size = config_block(s * k, ends[-1] * program.num_classes * 4, EVAL_LOGITS_BYTES)
     blocks = lambda x: x.reshape(s * k // size, size, *x.shape[2:])
     args = (jax.tree.map(blocks, state.params), blocks(jnp.tile(loss_ids, s)),
             jax.tree.map(blocks, state.hparams))  # fmt: skip
