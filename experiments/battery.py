@@ -41,12 +41,26 @@ flags.DEFINE_string("workdir", "runs/battery", "Where the cases' files and workd
 flags.DEFINE_string("jobs", "2", "Cases run at once.")
 flags.DEFINE_list("only", [], "Run only these categories (default: all).")
 
-TINY = ["--steps=10", "--eval_every=5", "--num_lrs=1", "--seeds=1", "--hidden=8",
-        "--batch_size=16"]  # fmt: skip
-KILL = ["--loss=ce,mse", "--num_lrs=3", "--seeds=2", "--steps=300", "--eval_every=20",
-        "--hidden=16", "--batch_size=32"]  # fmt: skip
-DEVICES = ["--loss=ce,mse", "--lrs=0.01,0.1,0.5", "--seeds=2", "--steps=60", "--eval_every=20",
-           "--hidden=16", "--batch_size=64"]  # fmt: skip  # short and stable: compared to rtol 1e-5
+TINY = ["--steps=10", "--eval_every=5", "--num_lrs=1", "--seeds=1", "--hidden=8", "--batch_size=16"]
+KILL = [
+    "--loss=ce,mse",
+    "--num_lrs=3",
+    "--seeds=2",
+    "--steps=300",
+    "--eval_every=20",
+    "--hidden=16",
+    "--batch_size=32",
+]
+# short and stable: compared to rtol 1e-5
+DEVICES = [
+    "--loss=ce,mse",
+    "--lrs=0.01,0.1,0.5",
+    "--seeds=2",
+    "--steps=60",
+    "--eval_every=20",
+    "--hidden=16",
+    "--batch_size=64",
+]
 SWEEP = [sys.executable, "-u", "-m", f"{__package__}.sweep"]
 
 
@@ -67,8 +81,15 @@ class Case:
 
 
 def sweep(args: Sequence[str], env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([*SWEEP, *args], capture_output=True, text=True, timeout=300,
-                          check=False, env={**os.environ, **(env or {})}, **kwargs)  # fmt: skip
+    return subprocess.run(
+        [*SWEEP, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, **(env or {})},
+        **kwargs,
+    )
 
 
 def judge(proc: subprocess.CompletedProcess, want_error: bool, contains: str = "") -> Outcome:
@@ -114,23 +135,66 @@ def close_results(a: pathlib.Path, b: pathlib.Path) -> bool:
 
 def flag_cases() -> list[Case]:
     bad = [
-        "--loss=hinge", "--loss=", "--loss=ce,ce", "--lrs=0", "--lrs=-1", "--lrs=fast",
-        "--lrs=nan", "--lrs=inf", "--lrs=0.1,0.1", "--lr_min=0", "--lr_min=1 --lr_max=0.1",
-        "--num_lrs=0", "--num_lrs=x", "--seeds=0", "--seeds=-1", "--seeds=1.5",
-        "--first_seed=-1", "--first_seed=4294967296", "--first_seed=4294967295 --seeds=2",
-        "--data_seed=-1", "--data_seed=4294967296", "--steps=0", "--steps=-5", "--steps=1e3",
-        "--batch_size=0", "--batch_size=100000", "--eval_every=0", "--hidden=0", "--hidden=-8",
-        "--hidden=8,", "--hidden=", "--model=resnet", "--activation=swish", "--optimizer=lbfgs",
-        "--schedule=step", "--dataset=cifar", "--dataset=npz:", "--workdir=",
-        "--axis=foo=1", "--axis=weight_decay=", "--axis=learning_rate=0.1",
-        "--axis=momentum=1", "--axis=label_smoothing=1.5", "--axis=warmup_steps=2.5",
-        "--axis=k=1 --loss=ce", "--weight_decay=-1", "--momentum=0.5 --axis=momentum=0.1",
-        "--label_noise=1", "--num_processes=2", "--process_id=0",
-        "--coordinator_address=localhost:1", "--distributed",
-        "--distributed --num_processes=2 --process_id=5", "--no_such_flag", "extra_arg",
-    ]  # fmt: skip
-    return [Case("flags", b, lambda d, b=b: judge(sweep([*TINY, f"--workdir={d}/w",
-                                                          *b.split()]), True)) for b in bad]  # fmt: skip
+        "--loss=hinge",
+        "--loss=",
+        "--loss=ce,ce",
+        "--lrs=0",
+        "--lrs=-1",
+        "--lrs=fast",
+        "--lrs=nan",
+        "--lrs=inf",
+        "--lrs=0.1,0.1",
+        "--lr_min=0",
+        "--lr_min=1 --lr_max=0.1",
+        "--num_lrs=0",
+        "--num_lrs=x",
+        "--seeds=0",
+        "--seeds=-1",
+        "--seeds=1.5",
+        "--first_seed=-1",
+        "--first_seed=4294967296",
+        "--first_seed=4294967295 --seeds=2",
+        "--data_seed=-1",
+        "--data_seed=4294967296",
+        "--steps=0",
+        "--steps=-5",
+        "--steps=1e3",
+        "--batch_size=0",
+        "--batch_size=100000",
+        "--eval_every=0",
+        "--hidden=0",
+        "--hidden=-8",
+        "--hidden=8,",
+        "--hidden=",
+        "--model=resnet",
+        "--activation=swish",
+        "--optimizer=lbfgs",
+        "--schedule=step",
+        "--dataset=cifar",
+        "--dataset=npz:",
+        "--workdir=",
+        "--axis=foo=1",
+        "--axis=weight_decay=",
+        "--axis=learning_rate=0.1",
+        "--axis=momentum=1",
+        "--axis=label_smoothing=1.5",
+        "--axis=warmup_steps=2.5",
+        "--axis=k=1 --loss=ce",
+        "--weight_decay=-1",
+        "--momentum=0.5 --axis=momentum=0.1",
+        "--label_noise=1",
+        "--num_processes=2",
+        "--process_id=0",
+        "--coordinator_address=localhost:1",
+        "--distributed",
+        "--distributed --num_processes=2 --process_id=5",
+        "--no_such_flag",
+        "extra_arg",
+    ]
+    return [
+        Case("flags", b, lambda d, b=b: judge(sweep([*TINY, f"--workdir={d}/w", *b.split()]), True))
+        for b in bad
+    ]
 
 
 def _npz_bytes(**arrays) -> bytes:
@@ -141,8 +205,12 @@ def _npz_bytes(**arrays) -> bytes:
 
 def _base(n: int = 64, d: int = 4, classes: int = 3, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
-    return dict(x_train=rng.normal(size=(n, d)), y_train=np.arange(n) % classes,
-                x_test=rng.normal(size=(16, d)), y_test=np.arange(16) % classes)  # fmt: skip
+    return dict(
+        x_train=rng.normal(size=(n, d)),
+        y_train=np.arange(n) % classes,
+        x_test=rng.normal(size=(16, d)),
+        y_test=np.arange(16) % classes,
+    )
 
 
 def _with(**change) -> bytes:
@@ -162,8 +230,10 @@ def _corrupt_member(crc: bool) -> bytes:
     ):
         for info in src.infolist():
             content = src.read(info)
-            z.writestr(info.filename, content[: len(content) // 2] if "x_train" in info.filename
-                       else content)  # fmt: skip
+            z.writestr(
+                info.filename,
+                content[: len(content) // 2] if "x_train" in info.filename else content,
+            )
     return out.getvalue()
 
 
@@ -210,25 +280,56 @@ def npz_files() -> dict[str, tuple[str, bytes | None, list[str]]]:
         "num_classes float": ("npz", _with(num_classes=np.array(3.0)), []),
         "num_classes 1": ("npz", _with(num_classes=np.array(1)), []),
         "num_classes 10**9": ("npz", _with(num_classes=np.array(10**9)), []),
-        "cnn1d on 1 feature": ("npz", _with(x_train=x[:, :1], x_test=x[:16, :1]), ["--model=cnn1d"]),
-        "cnn1d on 2 features": ("npz", _with(x_train=x[:, :2], x_test=x[:16, :2]), ["--model=cnn1d"]),
+        "cnn1d on 1 feature": (
+            "npz",
+            _with(x_train=x[:, :1], x_test=x[:16, :1]),
+            ["--model=cnn1d"],
+        ),
+        "cnn1d on 2 features": (
+            "npz",
+            _with(x_train=x[:, :2], x_test=x[:16, :2]),
+            ["--model=cnn1d"],
+        ),
         "batch > train set": ("npz", _with(x_train=x[:8], y_train=y[:8]), []),
         "features 1e39": ("float32", _with(x_train=np.full((64, 4), 1e39)), []),
         "features -1e39": ("float32", _with(x_test=np.full((16, 4), -1e39)), []),
         "features 1e300": ("float32", _with(x_train=x * 1e300), []),
-        "features float128 1e4000": ("float32", _with(x_train=np.full((64, 4), np.longdouble("1e4000"))), []),
+        "features float128 1e4000": (
+            "float32",
+            _with(x_train=np.full((64, 4), np.longdouble("1e4000"))),
+            [],
+        ),
         "stray label 99": ("labels", _with(y_train=np.r_[y[:63], 99]), []),
         "label 10**6": ("labels", _with(y_test=np.r_[np.arange(15) % 3, 10**6]), []),
         "label 2**32+1": ("labels", _with(y_train=np.r_[y[:63], 2**32 + 1]), []),
         "label 2**63-1": ("labels", _with(y_train=np.r_[y[:63], 2**63 - 1]), []),
-        "label uint64 max": ("labels", _with(y_train=np.r_[y[:63], 0].astype(np.uint64) - np.r_[np.zeros(63, np.uint64), np.uint64(1)]), []),
-        "gap in labels": ("labels", _with(y_train=np.arange(64) % 3 * 2, y_test=np.arange(16) % 3 * 2), []),
+        "label uint64 max": (
+            "labels",
+            _with(
+                y_train=np.r_[y[:63], 0].astype(np.uint64)
+                - np.r_[np.zeros(63, np.uint64), np.uint64(1)]
+            ),
+            [],
+        ),
+        "gap in labels": (
+            "labels",
+            _with(y_train=np.arange(64) % 3 * 2, y_test=np.arange(16) % 3 * 2),
+            [],
+        ),
         "negative label": ("labels", _with(y_train=np.r_[y[:63], -1]), []),
         "label >= num_classes": ("labels", _with(num_classes=np.array(2)), []),
-        "test label >= num_classes": ("labels", _with(num_classes=np.array(3), y_test=np.r_[np.arange(15) % 3, 3]), []),
+        "test label >= num_classes": (
+            "labels",
+            _with(num_classes=np.array(3), y_test=np.r_[np.arange(15) % 3, 3]),
+            [],
+        ),
         "train labels of 1 class + test": ("labels", _with(y_train=np.zeros(64, int)), []),
-        "labels as int8 -128": ("labels", _with(y_test=np.r_[np.arange(15) % 3, -128].astype(np.int8)), []),
-    }  # fmt: skip
+        "labels as int8 -128": (
+            "labels",
+            _with(y_test=np.r_[np.arange(15) % 3, -128].astype(np.int8)),
+            [],
+        ),
+    }
     return cases
 
 
@@ -243,18 +344,52 @@ def npz_cases(root: pathlib.Path) -> list[Case]:
             return judge(sweep([*TINY, f"--dataset=npz:{path}", f"--workdir={d}/w", *extra]), True)
 
         out.append(Case(category, name, run))
-    for name, lrs in (("--lrs=1e300", "1e300"), ("--lrs=1e-50", "1e-50"), ("--lrs=1e39", "1e39"),
-                      ("--lr_min=1e-50 --lr_max=1", None)):  # fmt: skip
+    for name, lrs in (
+        ("--lrs=1e300", "1e300"),
+        ("--lrs=1e-50", "1e-50"),
+        ("--lrs=1e39", "1e39"),
+        ("--lr_min=1e-50 --lr_max=1", None),
+    ):
         args = [f"--lrs={lrs}"] if lrs else name.split()
-        out.append(Case("float32", name, lambda d, a=args: judge(sweep([*TINY, f"--workdir={d}/w", *a]), True)))  # fmt: skip
-    for axis in ("init_scale=1e300", "init_scale=1e-50", "weight_decay=1e300", "k=1e39",
-                 "M=1e-300", "warmup_steps=1e300", "weight_decay=1e-300"):  # fmt: skip
+        out.append(
+            Case(
+                "float32",
+                name,
+                lambda d, a=args: judge(sweep([*TINY, f"--workdir={d}/w", *a]), True),
+            )
+        )
+    for axis in (
+        "init_scale=1e300",
+        "init_scale=1e-50",
+        "weight_decay=1e300",
+        "k=1e39",
+        "M=1e-300",
+        "warmup_steps=1e300",
+        "weight_decay=1e-300",
+    ):
         args = [f"--axis={axis}", "--loss=square"]
-        out.append(Case("float32", axis, lambda d, a=args: judge(sweep([*TINY, f"--workdir={d}/w", *a]), True)))  # fmt: skip
+        out.append(
+            Case(
+                "float32",
+                axis,
+                lambda d, a=args: judge(sweep([*TINY, f"--workdir={d}/w", *a]), True),
+            )
+        )
     (root / "cache_is_a_file").write_text("")
-    out.append(Case("npz", "unwritable SOFTCLS_CACHE", lambda d: judge(sweep(
-        [*TINY, "--dataset=mnist1d", f"--workdir={d}/w"],
-        env={"SOFTCLS_CACHE": str(root / "cache_is_a_file" / "c")}), True, "cache")))  # fmt: skip
+    out.append(
+        Case(
+            "npz",
+            "unwritable SOFTCLS_CACHE",
+            lambda d: judge(
+                sweep(
+                    [*TINY, "--dataset=mnist1d", f"--workdir={d}/w"],
+                    env={"SOFTCLS_CACHE": str(root / "cache_is_a_file" / "c")},
+                ),
+                True,
+                "cache",
+            ),
+        )
+    )
     return out
 
 
@@ -330,27 +465,36 @@ def checkpoint_cases(base: pathlib.Path) -> list[Case]:
             last(p, 2), np.full((1, 1), 99, np.int32)
         ),
     }
-    cases = [Case("checkpoint", name, corrupt(lambda w, e=e: _edit_checkpoint(w, e)))
-             for name, e in edits.items()]  # fmt: skip
+    cases = [
+        Case("checkpoint", name, corrupt(lambda w, e=e: _edit_checkpoint(w, e)))
+        for name, e in edits.items()
+    ]
     for offset in (30, 70, 100, 400, -1, -8, -40, -200):
         cases.append(Case("checkpoint", f"flipped byte at {offset}", corrupt(flip(offset))))
     raw_changes = {
-        "truncated to half": lambda w: ck(w).write_bytes(ck(w).read_bytes()[: len(ck(w).read_bytes()) // 2]),
+        "truncated to half": lambda w: ck(w).write_bytes(
+            ck(w).read_bytes()[: len(ck(w).read_bytes()) // 2]
+        ),
         "empty file": lambda w: ck(w).write_bytes(b""),
         "garbage": lambda w: ck(w).write_bytes(b"\x00garbage" * 10),
-        "old format (bare msgpack)": lambda w: ck(w).write_bytes(serialization.msgpack_serialize({"a": 1})),
+        "old format (bare msgpack)": lambda w: ck(w).write_bytes(
+            serialization.msgpack_serialize({"a": 1})
+        ),
         "a directory": lambda w: (ck(w).unlink(), ck(w).mkdir()),
-    }  # fmt: skip
+    }
     cases += [Case("checkpoint", n, corrupt(c)) for n, c in raw_changes.items()]
     return cases
 
 
 def _holding_lock(w: pathlib.Path) -> subprocess.Popen:
     w.mkdir(parents=True, exist_ok=True)
-    code = (f"from softcls_jax.files import DirLock; DirLock({str(w)!r}).acquire(); "
-            "print('locked', flush=True); input()")  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    code = (
+        f"from softcls_jax.files import DirLock; DirLock({str(w)!r}).acquire(); "
+        "print('locked', flush=True); input()"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     proc.stdout.readline()
     return proc
 
@@ -373,7 +517,9 @@ def workdir_cases(base: pathlib.Path, reference: pathlib.Path, root: pathlib.Pat
         return run
 
     def other_settings(d: pathlib.Path) -> Outcome:
-        return judge(sweep([*TINY, f"--workdir={_finished(base, d)}", "--steps=20"]), True, "other settings")  # fmt: skip
+        return judge(
+            sweep([*TINY, f"--workdir={_finished(base, d)}", "--steps=20"]), True, "other settings"
+        )
 
     def overwrite_ok(d: pathlib.Path) -> Outcome:
         w = _finished(base, d)
@@ -478,8 +624,14 @@ def data_change_cases(root: pathlib.Path) -> list[Case]:
 
         return run
 
-    kinds = ("same shape, other values", "one label changed", "versions", "no fingerprint",
-             "spec.json garbage", "unchanged")  # fmt: skip
+    kinds = (
+        "same shape, other values",
+        "one label changed",
+        "versions",
+        "no fingerprint",
+        "spec.json garbage",
+        "unchanged",
+    )
     return [Case("changed data", k, changed(k)) for k in kinds]
 
 
@@ -493,9 +645,13 @@ def kill_cases(
             w = d / "w"
             env = lambda n: {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
             for _ in range(kills):
-                proc = subprocess.Popen([*SWEEP, *args, f"--workdir={w}"], stdout=subprocess.PIPE,
-                                        stderr=subprocess.DEVNULL, text=True,
-                                        env={**os.environ, **env(devices[0])})  # fmt: skip
+                proc = subprocess.Popen(
+                    [*SWEEP, *args, f"--workdir={w}"],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                    text=True,
+                    env={**os.environ, **env(devices[0])},
+                )
                 seen = 0
                 for line in proc.stdout:
                     seen += line.startswith("[")
@@ -560,9 +716,14 @@ def main(argv: Sequence[str]) -> None:
     tiny_reference = root / "tiny_reference"
     if base.exists():
         shutil.copytree(base, tiny_reference)
-    cases = [*flag_cases(), *npz_cases(root), *checkpoint_cases(base),
-             *workdir_cases(base, tiny_reference, root), *data_change_cases(root),
-             *kill_cases(reference, root / "devices_reference")]  # fmt: skip
+    cases = [
+        *flag_cases(),
+        *npz_cases(root),
+        *checkpoint_cases(base),
+        *workdir_cases(base, tiny_reference, root),
+        *data_change_cases(root),
+        *kill_cases(reference, root / "devices_reference"),
+    ]
     cases = [c for c in cases if wanted(c.category)]
     start = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:

@@ -111,8 +111,14 @@ def time_trainer(trainer, steps: int) -> dict:
     jax.block_until_ready(trainer.train_chunk(fresh, steps))  # run_chunk would also evaluate
     steady = time.perf_counter() - t0
     compile_s = trainer.trace_seconds + trainer.compile_seconds  # as naive JAX's lower + compile
-    return {"wall_s": wall, "compile_s": compile_s, "run_s": wall - compile_s, "steady_s": steady,
-            "eval_s": trainer.eval_seconds, "accuracy": history[-1]["test_accuracy"][0].tolist()}  # fmt: skip
+    return {
+        "wall_s": wall,
+        "compile_s": compile_s,
+        "run_s": wall - compile_s,
+        "steady_s": steady,
+        "eval_s": trainer.eval_seconds,
+        "accuracy": history[-1]["test_accuracy"][0].tolist(),
+    }
 
 
 def run_sweep(dataset, num_lrs, steps) -> dict:
@@ -203,8 +209,12 @@ def run_torch_loop(dataset, num_lrs, steps, params0, batches) -> dict | None:
             opt.step()
         with torch.no_grad():
             accuracies.append(_accuracy(net(xt).numpy(), dataset.y_test))
-    return {"wall_s": time.perf_counter() - start, "compile_s": 0.0, "run_s": time.perf_counter() - start,
-            "accuracy": accuracies}  # fmt: skip
+    return {
+        "wall_s": time.perf_counter() - start,
+        "compile_s": 0.0,
+        "run_s": time.perf_counter() - start,
+        "accuracy": accuracies,
+    }
 
 
 def run_torch_bmm(dataset, num_lrs, steps, params0, batches) -> dict | None:
@@ -246,8 +256,12 @@ def run_torch_bmm(dataset, num_lrs, steps, params0, batches) -> dict | None:
     with torch.no_grad():
         xt = torch.from_numpy(dataset.x_test).expand(g, -1, -1)
         logits = torch.baddbmm(b2, torch.relu(torch.baddbmm(b1, xt, w1)), w2).numpy()
-    return {"wall_s": wall, "compile_s": 0.0, "run_s": wall,
-            "accuracy": [_accuracy(logits[i], dataset.y_test) for i in range(g)]}  # fmt: skip
+    return {
+        "wall_s": wall,
+        "compile_s": 0.0,
+        "run_s": wall,
+        "accuracy": [_accuracy(logits[i], dataset.y_test) for i in range(g)],
+    }
 
 
 # ------------------------------------------------------------------ machine and scaling
@@ -271,9 +285,15 @@ def scaling(dataset, sizes: Sequence[int], steps: int) -> list[dict]:
     for g in sizes:
         result = run_sweep(dataset, g // 2, steps)
         # Throughput from the steady re-run of the compiled chunk (less noisy than wall - compile).
-        rows.append({"configs": g, "compile_s": result["compile_s"], "run_s": result["run_s"],
-                     "steady_s": result["steady_s"],
-                     "config_examples_per_s": g * steps * BATCH / result["steady_s"]})  # fmt: skip
+        rows.append(
+            {
+                "configs": g,
+                "compile_s": result["compile_s"],
+                "run_s": result["run_s"],
+                "steady_s": result["steady_s"],
+                "config_examples_per_s": g * steps * BATCH / result["steady_s"],
+            }
+        )
     return rows
 
 
@@ -347,12 +367,16 @@ def loss_kernels(repeats: int) -> list[dict]:
                 times[key].append(_time(looped[key], (logits, y), repeats) / iterations)
         for key, (_, y) in kernels.items():
             memory = compiled[key].memory_analysis()  # one call's program: what a user runs
-            rows.append({
-                "classes": num_classes, "labels": key[0], "implementation": key[1],
-                "time_us": 1e6 * min(times[key]),
-                "label_bytes": int(y.size * y.dtype.itemsize),
-                "temp_bytes": int(getattr(memory, "temp_size_in_bytes", -1)),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "classes": num_classes,
+                    "labels": key[0],
+                    "implementation": key[1],
+                    "time_us": 1e6 * min(times[key]),
+                    "label_bytes": int(y.size * y.dtype.itemsize),
+                    "temp_bytes": int(getattr(memory, "temp_size_in_bytes", -1)),
+                }
+            )
     return rows
 
 
@@ -411,8 +435,13 @@ def run_cnn_naive_jax(name: str, dataset, num_configs: int, steps: int, params0,
         accuracies.append(_accuracy(np.asarray(predict(params, dataset.x_test)), dataset.y_test))
         eval_s += time.perf_counter() - t0
     wall = time.perf_counter() - start
-    return {"wall_s": wall, "compile_s": compile_s, "run_s": wall - compile_s, "eval_s": eval_s,
-            "accuracy": accuracies}  # fmt: skip
+    return {
+        "wall_s": wall,
+        "compile_s": compile_s,
+        "run_s": wall - compile_s,
+        "eval_s": eval_s,
+        "accuracy": accuracies,
+    }
 
 
 def torch_cnn(torch, name: str, params0, dataset):
@@ -432,8 +461,11 @@ def torch_cnn(torch, name: str, params0, dataset):
     else:
         for i, c in enumerate(convs):
             k, _, cin, cout = c["kernel"].shape
-            layers += [nn.Conv2d(cin, cout, k, padding=k // 2 if i == 0 else 0), nn.ReLU(),
-                       nn.MaxPool2d(2)]  # fmt: skip
+            layers += [
+                nn.Conv2d(cin, cout, k, padding=k // 2 if i == 0 else 0),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
         dense = [p["dense"][i] for i in range(len(p["dense"]))] + [p["out"]]
     layers.append(nn.Flatten())
     for i, d in enumerate(dense):
@@ -495,8 +527,13 @@ def run_cnn_torch_loop(name: str, dataset, num_configs: int, steps: int, params0
             accuracies.append(_accuracy(net(xt).numpy(), dataset.y_test))
         eval_s += time.perf_counter() - t0
     wall = time.perf_counter() - start
-    return {"wall_s": wall, "compile_s": 0.0, "run_s": wall, "eval_s": eval_s,
-            "accuracy": accuracies}  # fmt: skip
+    return {
+        "wall_s": wall,
+        "compile_s": 0.0,
+        "run_s": wall,
+        "eval_s": eval_s,
+        "accuracy": accuracies,
+    }
 
 
 def main_cnn(name: str, quick: bool) -> None:
@@ -515,15 +552,19 @@ def main_cnn(name: str, quick: bool) -> None:
     torch = _torch()
     probe = cnn_workload(name, 1, steps, dataset)
     flop = 3 * forward_flop(probe.model, dataset)  # forward + backward ≈ 3 × forward
-    print(f"{name} workload: {probe.model.num_params} params, {flop / 1e3:.0f} kFLOP per example "
-          f"(3 × forward, XLA cost analysis) on {source}; Adam, batch {CNN_BATCH}, {steps} steps, "
-          f"G = {list(sizes)}; {'torch ' + torch.__version__ if torch else 'torch not installed'}",
-          flush=True)  # fmt: skip
+    print(
+        f"{name} workload: {probe.model.num_params} params, {flop / 1e3:.0f} kFLOP per example "
+        f"(3 × forward, XLA cost analysis) on {source}; Adam, batch {CNN_BATCH}, {steps} steps, "
+        f"G = {list(sizes)}; {'torch ' + torch.__version__ if torch else 'torch not installed'}",
+        flush=True,
+    )
     peak = matmul_peak()
     print(f"matmul peak (2048² float32 jnp.dot): {peak:.1f} GFLOP/s", flush=True)
     rows = []
-    header = (f"\n{'G':>4} {'contender':<11} {'wall s':>8} {'compile s':>9} {'eval s':>7} {'run s':>8} "
-              f"{'cfg·ex/s':>9} {'sweep ×':>8} {'GFLOP/s':>8} {'% peak':>7} {'accuracy':>9} {'max Δacc':>9}")  # fmt: skip
+    header = (
+        f"\n{'G':>4} {'contender':<11} {'wall s':>8} {'compile s':>9} {'eval s':>7} {'run s':>8} "
+        f"{'cfg·ex/s':>9} {'sweep ×':>8} {'GFLOP/s':>8} {'% peak':>7} {'accuracy':>9} {'max Δacc':>9}"
+    )
     for g in sizes:
         reference = cnn_workload(name, g, steps, dataset)
         params0 = jax.tree.map(lambda a: a[0, 0], jax.device_get(reference.init_state().params))
@@ -543,16 +584,25 @@ def main_cnn(name: str, quick: bool) -> None:
             seconds = r.get("steady_s", r["run_s"])  # the compiled program / the training loop
             gflops = flop * examples / seconds / 1e9
             delta = max(abs(a - b) for a, b in zip(r["accuracy"], sweep["accuracy"], strict=True))
-            row = {"configs": g, "contender": contender, **r,
-                   "config_examples_per_s": examples / r["wall_s"],
-                   "steady_config_examples_per_s": examples / seconds,
-                   "sweep_speedup": r["wall_s"] / sweep["wall_s"], "gflops": gflops,
-                   "peak_share": gflops / peak, "max_accuracy_difference": delta}  # fmt: skip
+            row = {
+                "configs": g,
+                "contender": contender,
+                **r,
+                "config_examples_per_s": examples / r["wall_s"],
+                "steady_config_examples_per_s": examples / seconds,
+                "sweep_speedup": r["wall_s"] / sweep["wall_s"],
+                "gflops": gflops,
+                "peak_share": gflops / peak,
+                "max_accuracy_difference": delta,
+            }
             rows.append(row)
-            print(f"{g:>4} {contender:<11} {r['wall_s']:>8.2f} {r['compile_s']:>9.2f} "
-                  f"{r['eval_s']:>7.2f} {r['run_s']:>8.2f} {row['config_examples_per_s']:>9.3g} "
-                  f"{row['sweep_speedup']:>8.2f} {gflops:>8.1f} {100 * gflops / peak:>6.1f}% "
-                  f"{100 * np.mean(r['accuracy']):>8.2f}% {100 * delta:>8.2f}", flush=True)  # fmt: skip
+            print(
+                f"{g:>4} {contender:<11} {r['wall_s']:>8.2f} {r['compile_s']:>9.2f} "
+                f"{r['eval_s']:>7.2f} {r['run_s']:>8.2f} {row['config_examples_per_s']:>9.3g} "
+                f"{row['sweep_speedup']:>8.2f} {gflops:>8.1f} {100 * gflops / peak:>6.1f}% "
+                f"{100 * np.mean(r['accuracy']):>8.2f}% {100 * delta:>8.2f}",
+                flush=True,
+            )
     print(
         "\neval s: of run s, the time spent evaluating (the sweep: every config on the test and "
         "train splits at the end; the others: the test split at the end); "
@@ -565,12 +615,24 @@ def main_cnn(name: str, quick: bool) -> None:
     print("\ntargets:")
     for t in targets:
         print(f"  {'MET ' if t['met'] else 'NOT '} {t['target']}: {t['measured']}")
-    atomic_write_json(workdir / "bench.json", {
-        "settings": {"workload": name, "steps": steps, "configs": list(sizes), "dataset": source,
-                     "batch_size": CNN_BATCH, "machine": platform.machine()},
-        "environment": environment(), "matmul_peak_gflops": peak, "flop_per_example": flop,
-        "rows": rows, "targets": targets,
-    })  # fmt: skip
+    atomic_write_json(
+        workdir / "bench.json",
+        {
+            "settings": {
+                "workload": name,
+                "steps": steps,
+                "configs": list(sizes),
+                "dataset": source,
+                "batch_size": CNN_BATCH,
+                "machine": platform.machine(),
+            },
+            "environment": environment(),
+            "matmul_peak_gflops": peak,
+            "flop_per_example": flop,
+            "rows": rows,
+            "targets": targets,
+        },
+    )
     print(f"\nwrote {workdir}/bench.json")
 
 
@@ -580,22 +642,40 @@ def cnn_targets(name: str, rows: list[dict], sizes: Sequence[int]) -> list[dict]
     out = []
     loop = get(32, "torch_loop")
     need = 4 if name == "cnn1d" else 2
-    out.append({"target": f"sweep ≥ {need}× the PyTorch loop at G = 32, compile included",
-                "met": bool(loop and loop["sweep_speedup"] >= need),
-                "measured": f"{loop['sweep_speedup']:.2f}×" if loop else "not measured"})  # fmt: skip
+    out.append(
+        {
+            "target": f"sweep ≥ {need}× the PyTorch loop at G = 32, compile included",
+            "met": bool(loop and loop["sweep_speedup"] >= need),
+            "measured": f"{loop['sweep_speedup']:.2f}×" if loop else "not measured",
+        }
+    )
     small, large = get(8, "sweep"), get(128, "sweep")
     if small and large:
         wall = large["config_examples_per_s"] / small["config_examples_per_s"]
         steady = large["steady_config_examples_per_s"] / small["steady_config_examples_per_s"]
-        out.append({"target": "config·examples/s at G = 128 ≥ 1.5× that at G = 8",
-                    "met": bool(wall >= 1.5),
-                    "measured": f"{wall:.2f}× compile included ({steady:.2f}× steady)"})  # fmt: skip
+        out.append(
+            {
+                "target": "config·examples/s at G = 128 ≥ 1.5× that at G = 8",
+                "met": bool(wall >= 1.5),
+                "measured": f"{wall:.2f}× compile included ({steady:.2f}× steady)",
+            }
+        )
     else:
-        out.append({"target": "config·examples/s at G = 128 ≥ 1.5× that at G = 8", "met": False,
-                    "measured": "not measured"})  # fmt: skip
+        out.append(
+            {
+                "target": "config·examples/s at G = 128 ≥ 1.5× that at G = 8",
+                "met": False,
+                "measured": "not measured",
+            }
+        )
     best = max((r for r in rows if r["contender"] == "sweep"), key=lambda r: r["peak_share"])
-    out.append({"target": "conv step ≥ 25 % of the matmul peak", "met": best["peak_share"] >= 0.25,
-                "measured": f"{100 * best['peak_share']:.1f} % at G = {best['configs']}"})  # fmt: skip
+    out.append(
+        {
+            "target": "conv step ≥ 25 % of the matmul peak",
+            "met": best["peak_share"] >= 0.25,
+            "measured": f"{100 * best['peak_share']:.1f} % at G = {best['configs']}",
+        }
+    )
     return out
 
 
@@ -608,10 +688,23 @@ def compilation_cache(steps: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = {}
         for run in ("first", "cached"):
-            subprocess.run([sys.executable, "-m", f"{__package__}.sweep", "--loss=ce,mse",
-                            "--num_lrs=8", "--seeds=1", f"--steps={steps}", f"--eval_every={steps}",
-                            "--notensorboard", f"--compilation_cache_dir={tmp}/cache",
-                            f"--workdir={tmp}/{run}"], check=True, capture_output=True)  # fmt: skip
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    f"{__package__}.sweep",
+                    "--loss=ce,mse",
+                    "--num_lrs=8",
+                    "--seeds=1",
+                    f"--steps={steps}",
+                    f"--eval_every={steps}",
+                    "--notensorboard",
+                    f"--compilation_cache_dir={tmp}/cache",
+                    f"--workdir={tmp}/{run}",
+                ],
+                check=True,
+                capture_output=True,
+            )
             timing = json.loads(pathlib.Path(tmp, run, "results.json").read_text())["timing"]
             out[f"{run}_compile_s"], out[f"{run}_trace_s"] = timing["compile_s"], timing["trace_s"]
     return out
@@ -639,9 +732,11 @@ def main(argv: Sequence[str]) -> None:
     batches = batch_stream(reference, steps)
     g = reference.layout.size
     flop = 6 * reference.model.num_params * g * steps * BATCH
-    print(f"reference workload: {g} configs, MLP {dataset.num_features}-{HIDDEN}-{dataset.num_classes}, "
-          f"{steps} SGD steps of {BATCH}; {'torch ' + _torch().__version__ if _torch() else 'torch not installed: its contenders are skipped'}",
-          flush=True)  # fmt: skip
+    print(
+        f"reference workload: {g} configs, MLP {dataset.num_features}-{HIDDEN}-{dataset.num_classes}, "
+        f"{steps} SGD steps of {BATCH}; {'torch ' + _torch().__version__ if _torch() else 'torch not installed: its contenders are skipped'}",
+        flush=True,
+    )
     peak = matmul_peak()
     print(f"matmul peak (2048² float32 jnp.dot): {peak:.1f} GFLOP/s", flush=True)
     contenders = {
@@ -675,17 +770,28 @@ def main(argv: Sequence[str]) -> None:
         # Compile left out on both sides: the contender's training time against a second run of the
         # sweep's compiled chunk (steady_s). Informative; the targets are stated on wall time.
         run_ratio = result.get("steady_s", result["run_s"]) / sweep["steady_s"]
-        rows.append({"contender": name, **result, "config_examples_per_s": throughput,
-                     "sweep_speedup": ratio, "sweep_speedup_excluding_compile": run_ratio})  # fmt: skip
-        print(f"{name:<11} {result['wall_s']:>8.2f} {result['compile_s']:>9.2f} {result['run_s']:>7.2f} "
-              f"{throughput:>10.3g} {ratio:>8.2f} {run_ratio:>12.2f} {100 * np.mean(result['accuracy']):>14.2f}%")  # fmt: skip
+        rows.append(
+            {
+                "contender": name,
+                **result,
+                "config_examples_per_s": throughput,
+                "sweep_speedup": ratio,
+                "sweep_speedup_excluding_compile": run_ratio,
+            }
+        )
+        print(
+            f"{name:<11} {result['wall_s']:>8.2f} {result['compile_s']:>9.2f} {result['run_s']:>7.2f} "
+            f"{throughput:>10.3g} {ratio:>8.2f} {run_ratio:>12.2f} {100 * np.mean(result['accuracy']):>14.2f}%"
+        )
     agreement = max(
         abs(a - b) for r in rows for a, b in zip(r["accuracy"], sweep["accuracy"], strict=True)
     )
     achieved = flop / sweep["steady_s"] / 1e9
     print(f"\nlargest per-config accuracy difference from the sweep: {100 * agreement:.2f} points")
-    print(f"sweep achieved {achieved:.1f} GFLOP/s (6 × {reference.model.num_params} params × examples, steady "
-          f"run of the compiled chunk: {sweep['steady_s']:.2f} s) = {100 * achieved / peak:.1f} % of the matmul peak")  # fmt: skip
+    print(
+        f"sweep achieved {achieved:.1f} GFLOP/s (6 × {reference.model.num_params} params × examples, steady "
+        f"run of the compiled chunk: {sweep['steady_s']:.2f} s) = {100 * achieved / peak:.1f} % of the matmul peak"
+    )
     sizes = (16, 64) if quick else (16, 64, 256)
     scale_rows = scaling(dataset, sizes, 100 if quick else 500)
     print(f"\n{'G':>5} {'compile s':>9} {'run s':>7} {'steady s':>8} {'cfg·ex/s':>10}")
@@ -700,20 +806,35 @@ def main(argv: Sequence[str]) -> None:
             f"{r['classes']:>6} {r['labels']:<8} {r['implementation']:<10} {r['time_us']:>9.1f} {r['label_bytes']:>12} {r['temp_bytes']:>12}"
         )
     cache = compilation_cache(steps)
-    print(f"\npersistent compilation cache, reference sweep as a process: XLA compile "
-          f"{cache['first_compile_s']:.2f} s first, {cache['cached_compile_s']:.2f} s cached "
-          f"({cache['cached_compile_s'] / cache['first_compile_s']:.2f}×); tracing "
-          f"{cache['first_trace_s']:.2f} / {cache['cached_trace_s']:.2f} s (never cached)")  # fmt: skip
+    print(
+        f"\npersistent compilation cache, reference sweep as a process: XLA compile "
+        f"{cache['first_compile_s']:.2f} s first, {cache['cached_compile_s']:.2f} s cached "
+        f"({cache['cached_compile_s'] / cache['first_compile_s']:.2f}×); tracing "
+        f"{cache['first_trace_s']:.2f} / {cache['cached_trace_s']:.2f} s (never cached)"
+    )
     targets = targets_report(rows, scale_rows, kernel_rows, achieved / peak)
     print("\ntargets:")
     for t in targets:
         print(f"  {'MET ' if t['met'] else 'NOT '} {t['target']}: {t['measured']}")
-    atomic_write_json(workdir / "bench.json", {
-        "settings": {"steps": steps, "rounds": rounds, "quick": quick, "machine": platform.machine()},
-        "environment": environment(), "matmul_peak_gflops": peak, "achieved_gflops": achieved,
-        "contenders": rows, "scaling": scale_rows, "loss_kernels": kernel_rows, "targets": targets,
-        "compilation_cache": cache,
-    })  # fmt: skip
+    atomic_write_json(
+        workdir / "bench.json",
+        {
+            "settings": {
+                "steps": steps,
+                "rounds": rounds,
+                "quick": quick,
+                "machine": platform.machine(),
+            },
+            "environment": environment(),
+            "matmul_peak_gflops": peak,
+            "achieved_gflops": achieved,
+            "contenders": rows,
+            "scaling": scale_rows,
+            "loss_kernels": kernel_rows,
+            "targets": targets,
+            "compilation_cache": cache,
+        },
+    )
     print(f"\nwrote {workdir}/bench.json")
 
 
@@ -736,12 +857,22 @@ def targets_report(rows, scale_rows, kernel_rows, peak_share) -> list[dict]:
     target("sweep ≥ 3× naive JAX, compile included", speed("naive_jax"), 3, "{:.1f}×")
     target("≥ 50 % of the matmul peak", 100 * peak_share, 50, "{:.1f} %")
     compile_ratio = scale_rows[-1]["compile_s"] / scale_rows[0]["compile_s"]
-    target(f"compile time flat in G (G={scale_rows[-1]['configs']} within 1.5× of G=16)", compile_ratio, 1.5,
-           "{:.2f}×", higher=False)  # fmt: skip
+    target(
+        f"compile time flat in G (G={scale_rows[-1]['configs']} within 1.5× of G=16)",
+        compile_ratio,
+        1.5,
+        "{:.2f}×",
+        higher=False,
+    )
 
     def ratio(row: dict, implementation: str) -> float:
-        ref = next(o for o in kernel_rows if o["classes"] == row["classes"]
-                   and o["labels"] == row["labels"] and o["implementation"] == implementation)  # fmt: skip
+        ref = next(
+            o
+            for o in kernel_rows
+            if o["classes"] == row["classes"]
+            and o["labels"] == row["labels"]
+            and o["implementation"] == implementation
+        )
         return row["time_us"] / ref["time_us"]
 
     ours = [k for k in kernel_rows if k["implementation"] == "softcls"]
@@ -751,10 +882,13 @@ def targets_report(rows, scale_rows, kernel_rows, peak_share) -> list[dict]:
         ratio(k, "optax" if k["labels"] == "integer" else "optax-safe") for k in ours
     )
     plain = max(ratio(k, "optax") for k in ours)
-    target("loss kernels no slower than optax (≤ 1.05×; one-hot against optax's -inf-safe CE)",
-           same_semantics, 1.05,
-           f"{{:.2f}}× (worst; against plain optax {plain:.2f}×, which returns NaN for a masked class)",
-           higher=False)  # fmt: skip
+    target(
+        "loss kernels no slower than optax (≤ 1.05×; one-hot against optax's -inf-safe CE)",
+        same_semantics,
+        1.05,
+        f"{{:.2f}}× (worst; against plain optax {plain:.2f}×, which returns NaN for a masked class)",
+        higher=False,
+    )
     return out
 
 

@@ -38,16 +38,26 @@ flags.DEFINE_string("steps", "6000", "Adam steps, batch 100 (MNIST-1D's recipe: 
 flags.DEFINE_string("workdir", "runs/calibration", "Output directory.")
 
 
-def train_and_calibrate(dataset: data.Dataset, losses: tuple[str, ...], lr: float, seeds: int,
-                        steps: int) -> tuple[list[dict], dict]:  # fmt: skip
+def train_and_calibrate(
+    dataset: data.Dataset, losses: tuple[str, ...], lr: float, seeds: int, steps: int
+) -> tuple[list[dict], dict]:
     """Trains the grid, fits T on validation, returns per-model rows and seed-0 reliability bins."""
     train, x_val, y_val = data.split_validation(dataset, 0.2, seed=0)
-    model = models.make_model("mlp", train.num_features, train.num_classes, hidden=(100, 100),
-                              residual=True)  # the MNIST-1D paper's MLP  # fmt: skip
+    model = models.make_model(
+        "mlp", train.num_features, train.num_classes, hidden=(100, 100), residual=True
+    )  # the MNIST-1D paper's MLP
     layout = engine.Layout(losses, (lr,), tuple(range(seeds)))
     trained = runner.run(model, train, layout, engine.TrainSettings("adam", steps, 100, steps))
-    return calibration.calibrate(model, trained.params, layout, trained.document["configs"],
-                                 x_val, y_val, train.x_test, train.y_test)  # fmt: skip
+    return calibration.calibrate(
+        model,
+        trained.params,
+        layout,
+        trained.document["configs"],
+        x_val,
+        y_val,
+        train.x_test,
+        train.y_test,
+    )
 
 
 def figure(bins: dict, path: pathlib.Path) -> None:
@@ -60,11 +70,26 @@ def figure(bins: dict, path: pathlib.Path) -> None:
             edges = np.asarray(b.edges)
             width = edges[1] - edges[0]
             filled = np.asarray(b.counts) > 0
-            ax.bar(edges[:-1][filled], np.asarray(b.accuracy)[filled], width=width, align="edge",
-                   edgecolor="k", label="accuracy")  # fmt: skip
+            ax.bar(
+                edges[:-1][filled],
+                np.asarray(b.accuracy)[filled],
+                width=width,
+                align="edge",
+                edgecolor="k",
+                label="accuracy",
+            )
             acc, conf = np.asarray(b.accuracy)[filled], np.asarray(b.confidence)[filled]
-            ax.bar(edges[:-1][filled], np.abs(conf - acc), width=width, bottom=np.minimum(acc, conf),
-                   align="edge", fill=False, edgecolor="red", hatch="//", label="gap to confidence")  # fmt: skip
+            ax.bar(
+                edges[:-1][filled],
+                np.abs(conf - acc),
+                width=width,
+                bottom=np.minimum(acc, conf),
+                align="edge",
+                fill=False,
+                edgecolor="red",
+                hatch="//",
+                label="gap to confidence",
+            )
             ax.plot([0, 1], [0, 1], "k--", lw=1)
             ax.set_title(f"{loss}: {label}", fontsize=10)
             ax.set_xlabel("confidence")
@@ -101,9 +126,11 @@ def main(argv: Sequence[str]) -> None:
         if r.get("diverged"):
             print(f"{r['loss']:<8} diverged")
             continue
-        print(f"{r['loss']:<8} {r['temperature']:>6.3f} {100 * r['accuracy_before']:>9.2f}% {100 * r['accuracy_after']:>9.2f}% "
-              f"{r['ece_before']:>10.4f} {r['ece_after']:>10.4f} {r['nll_before']:>10.4f} {r['nll_after']:>10.4f}"
-              f"{'  (a T at the search bound)' if r['temperature_at_bound'] else ''}")  # fmt: skip
+        print(
+            f"{r['loss']:<8} {r['temperature']:>6.3f} {100 * r['accuracy_before']:>9.2f}% {100 * r['accuracy_after']:>9.2f}% "
+            f"{r['ece_before']:>10.4f} {r['ece_after']:>10.4f} {r['nll_before']:>10.4f} {r['nll_after']:>10.4f}"
+            f"{'  (a T at the search bound)' if r['temperature_at_bound'] else ''}"
+        )
     figure(bins, workdir / "reliability.png")
     atomic_write_json(workdir / "calibration.json", {"summary": summary, "models": rows})
     print(f"wrote {workdir}/reliability.png and calibration.json")

@@ -16,15 +16,17 @@ from softcls_jax import compilation_cache
 from softcls_jax.files import writable_dir
 
 flags.DEFINE_bool(
-    "compilation_cache", True,
+    "compilation_cache",
+    True,
     "Keep compiled XLA programs in JAX's persistent cache, so a rerun (or the same shapes with other "
     "values) skips compilation; --nocompilation_cache turns it off.",
-)  # fmt: skip
+)
 flags.DEFINE_string(
-    "compilation_cache_dir", None,
+    "compilation_cache_dir",
+    None,
     f"Directory of the compilation cache (default {compilation_cache.default_dir()}); delete it to "
     "clear the cache.",
-)  # fmt: skip
+)
 
 
 class FlagError(ValueError):

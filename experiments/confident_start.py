@@ -59,8 +59,13 @@ REFERENCE = {  # test accuracy (%) at epoch 30, and the chosen learning rate
     ("mlp", "gentle"): {"ce": (97.7, None), "mse": (97.7, None)},
     ("mlp", "confident"): {"ce": (96.6, 0.03), "mse": (66.7, 0.03)},
 }
-DIAGNOSTICS_REFERENCE = {"tiny_p": 864, "se_grad_norm": 0.019, "ce_grad_norm": 1.394,
-                         "test_loss": 32.87, "mean_top_p": 0.964}  # fmt: skip
+DIAGNOSTICS_REFERENCE = {
+    "tiny_p": 864,
+    "se_grad_norm": 0.019,
+    "ce_grad_norm": 1.394,
+    "test_loss": 32.87,
+    "mean_top_p": 0.964,
+}
 
 
 def half_squared_error(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -91,12 +96,15 @@ def essay_digits() -> data.Dataset:
 
     x, y = load_digits(return_X_y=True)
     x = x / 16.0
-    rest_x, x_test, rest_y, y_test = train_test_split(x, y, test_size=450, stratify=y,
-                                                      random_state=0)  # fmt: skip
-    x_train, x_val, y_train, y_val = train_test_split(rest_x, rest_y, test_size=270,
-                                                      stratify=rest_y, random_state=0)  # fmt: skip
-    return data.from_arrays(x_train, y_train, x_test, y_test, num_classes=10, name="digits/16",
-                            x_val=x_val, y_val=y_val)  # fmt: skip
+    rest_x, x_test, rest_y, y_test = train_test_split(
+        x, y, test_size=450, stratify=y, random_state=0
+    )
+    x_train, x_val, y_train, y_val = train_test_split(
+        rest_x, rest_y, test_size=270, stratify=rest_y, random_state=0
+    )
+    return data.from_arrays(
+        x_train, y_train, x_test, y_test, num_classes=10, name="digits/16", x_val=x_val, y_val=y_val
+    )
 
 
 def make(model: str) -> models.Model:
@@ -114,21 +122,34 @@ def choose(records: list[dict], start_scale: float, loss: str, seeds: int) -> di
     by_lr: dict[float, list[dict]] = {}
     for c in mine:
         by_lr.setdefault(c["learning_rate"], []).append(c)
-    val = {lr: np.mean([np.nan if c["final"]["val_accuracy"] is None else c["final"]["val_accuracy"]
-                        for c in runs if c["seed"] in SELECT_SEEDS[:seeds]])
-           for lr, runs in by_lr.items()}  # fmt: skip
+    val = {
+        lr: np.mean(
+            [
+                np.nan if c["final"]["val_accuracy"] is None else c["final"]["val_accuracy"]
+                for c in runs
+                if c["seed"] in SELECT_SEEDS[:seeds]
+            ]
+        )
+        for lr, runs in by_lr.items()
+    }
     finite = {lr: v for lr, v in val.items() if np.isfinite(v)}
     if not finite:
         return {"learning_rate": None}
     lr = min(finite, key=lambda r: (-finite[r], r))
     runs = by_lr[lr]
     accs = [100 * (c["final"]["test_accuracy"] or 0.0) for c in runs]
-    curve = np.mean([[np.nan if v is None else v for v in c["curves"]["test_accuracy"]]
-                     for c in runs], axis=0)  # fmt: skip
-    return {"learning_rate": lr, "val_accuracy_mean": 100 * finite[lr],
-            "test_accuracy_mean": float(np.mean(accs)), "test_accuracy_std": float(np.std(accs)),
-            "diverged_seeds": sum(c["diverged"] for c in runs),
-            "curve_step": runs[0]["curves"]["step"], "curve_accuracy": curve.tolist()}  # fmt: skip
+    curve = np.mean(
+        [[np.nan if v is None else v for v in c["curves"]["test_accuracy"]] for c in runs], axis=0
+    )
+    return {
+        "learning_rate": lr,
+        "val_accuracy_mean": 100 * finite[lr],
+        "test_accuracy_mean": float(np.mean(accs)),
+        "test_accuracy_std": float(np.std(accs)),
+        "diverged_seeds": sum(c["diverged"] for c in runs),
+        "curve_step": runs[0]["curves"]["step"],
+        "curve_accuracy": curve.tolist(),
+    }
 
 
 def diagnostics(dataset: data.Dataset, seeds: int) -> dict:
@@ -145,18 +166,31 @@ def diagnostics(dataset: data.Dataset, seeds: int) -> dict:
         p_true = jnp.take_along_axis(jax.nn.softmax(logits), y[:, None], -1)[:, 0]
         tiny = p_true < 1e-8
         norm = lambda fn, logits=logits: jnp.linalg.norm(
-            jax.vmap(jax.grad(lambda o, t: fn(o[None], t[None])[0]))(logits, y), axis=-1)  # fmt: skip
+            jax.vmap(jax.grad(lambda o, t: fn(o[None], t[None])[0]))(logits, y), axis=-1
+        )
         test_logits = model.apply(params, jnp.asarray(dataset.x_test))
-        out.append({"tiny_p": int(tiny.sum()),
-                    "se_grad_norm": float(norm(half_squared_error)[tiny].mean()),
-                    "ce_grad_norm": float(norm(losses.cross_entropy)[tiny].mean()),
-                    "test_loss": float(losses.cross_entropy(test_logits, jnp.asarray(dataset.y_test)).mean()),
-                    "mean_top_p": float(jax.nn.softmax(test_logits).max(-1).mean())})  # fmt: skip
+        out.append(
+            {
+                "tiny_p": int(tiny.sum()),
+                "se_grad_norm": float(norm(half_squared_error)[tiny].mean()),
+                "ce_grad_norm": float(norm(losses.cross_entropy)[tiny].mean()),
+                "test_loss": float(
+                    losses.cross_entropy(test_logits, jnp.asarray(dataset.y_test)).mean()
+                ),
+                "mean_top_p": float(jax.nn.softmax(test_logits).max(-1).mean()),
+            }
+        )
     return {k: float(np.mean([o[k] for o in out])) for k in out[0]}
 
 
-def run(model_names: Sequence[str], lrs: tuple[float, ...], seeds: int, epochs: int,
-        workdir: pathlib.Path, progress=None) -> list[dict]:  # fmt: skip
+def run(
+    model_names: Sequence[str],
+    lrs: tuple[float, ...],
+    seeds: int,
+    epochs: int,
+    workdir: pathlib.Path,
+    progress=None,
+) -> list[dict]:
     """One grid per model; a row per (model, start, loss) with the protocol's choice."""
     dataset = essay_digits()
     steps = epochs * (dataset.x_train.shape[0] // BATCH)
@@ -164,16 +198,31 @@ def run(model_names: Sequence[str], lrs: tuple[float, ...], seeds: int, epochs: 
     for name in model_names:
         model, scales = make(name), STDS
         document = runner.run_grid(
-            model, dataset, losses=("ce", half_squared_error), learning_rates=lrs,
-            seeds=tuple(range(seeds)), axes={"init_scale": tuple(scales.values())},
-            steps=steps, batch_size=BATCH, eval_every=max(steps // 10, 1), workdir=workdir / name,
-        )  # fmt: skip
+            model,
+            dataset,
+            losses=("ce", half_squared_error),
+            learning_rates=lrs,
+            seeds=tuple(range(seeds)),
+            axes={"init_scale": tuple(scales.values())},
+            steps=steps,
+            batch_size=BATCH,
+            eval_every=max(steps // 10, 1),
+            workdir=workdir / name,
+        )
         for start, scale in scales.items():
             for loss, ref_loss in LOSS_NAMES.items():
                 ref, ref_lr = REFERENCE.get((name, start), {}).get(ref_loss, (None, None))
-                rows.append({"model": name, "start": start, "loss": ref_loss, "init_scale": scale,
-                             "reference": ref, "reference_lr": ref_lr,
-                             **choose(document["configs"], scale, loss, seeds)})  # fmt: skip
+                rows.append(
+                    {
+                        "model": name,
+                        "start": start,
+                        "loss": ref_loss,
+                        "init_scale": scale,
+                        "reference": ref,
+                        "reference_lr": ref_lr,
+                        **choose(document["configs"], scale, loss, seeds),
+                    }
+                )
         if progress:
             progress(name)
     return rows
@@ -187,8 +236,11 @@ def figure(rows: list[dict], path: pathlib.Path) -> None:
     for ax, (model, start) in zip(axes[0], keys, strict=True):
         for r in rows:
             if (r["model"], r["start"]) == (model, start) and r.get("curve_step"):
-                ax.plot(r["curve_step"], 100 * np.asarray(r["curve_accuracy"]),
-                        label=f"{r['loss']} (lr {r['learning_rate']:.3g})")  # fmt: skip
+                ax.plot(
+                    r["curve_step"],
+                    100 * np.asarray(r["curve_accuracy"]),
+                    label=f"{r['loss']} (lr {r['learning_rate']:.3g})",
+                )
         ax.set_title(f"{model}, {start} start (std {STDS[start]})")
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -199,8 +251,10 @@ def figure(rows: list[dict], path: pathlib.Path) -> None:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | start | loss | lr (val) | test accuracy (%) | reference (%) |",
-             "|---|---|---|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        "| model | start | loss | lr (val) | test accuracy (%) | reference (%) |",
+        "|---|---|---|---:|---:|---:|",
+    ]
     return "\n".join(lines + [confident_start_row(r) for r in rows])
 
 
@@ -214,8 +268,14 @@ def main(argv: Sequence[str]) -> None:
             if model not in ("linear", "mlp"):
                 raise FlagError("models", f"unknown model {model!r}; expected linear and/or mlp")
         workdir = pathlib.Path(FLAGS.workdir)
-        rows = run(FLAGS.models, lrs, seeds, epochs, workdir,
-                   progress=lambda m: print(f"done: {m}", flush=True))  # fmt: skip
+        rows = run(
+            FLAGS.models,
+            lrs,
+            seeds,
+            epochs,
+            workdir,
+            progress=lambda m: print(f"done: {m}", flush=True),
+        )
         diag = diagnostics(essay_digits(), seeds)
     except FlagError as e:
         fail(str(e))
@@ -226,9 +286,17 @@ def main(argv: Sequence[str]) -> None:
     for k, v in diag.items():
         print(f"  {k}: {v:.4g}  [{DIAGNOSTICS_REFERENCE[k]}]")
     figure(rows, workdir / "confident_start.png")
-    atomic_write_json(workdir / "confident_start.json", {"rows": rows, "diagnostics": diag,
-                      "diagnostics_reference": DIAGNOSTICS_REFERENCE, "epochs": epochs,
-                      "seeds": seeds, "learning_rates": list(lrs)})  # fmt: skip
+    atomic_write_json(
+        workdir / "confident_start.json",
+        {
+            "rows": rows,
+            "diagnostics": diag,
+            "diagnostics_reference": DIAGNOSTICS_REFERENCE,
+            "epochs": epochs,
+            "seeds": seeds,
+            "learning_rates": list(lrs),
+        },
+    )
     print(f"wrote {workdir}/confident_start.png and confident_start.json")
 
 

@@ -85,8 +85,14 @@ def figure(maps: dict[str, np.ndarray], path: pathlib.Path) -> None:
         ax.set_xlabel("z1 (target logit)")
         ax.set_ylabel("z2")
         ax.plot([-z[-1]], [z[-1]], "rx", ms=10)
-        ax.annotate("wrong & confident", (-z[-1], z[-1]), color="red", xytext=(5, -15),
-                    textcoords="offset points", fontsize=8)  # fmt: skip
+        ax.annotate(
+            "wrong & confident",
+            (-z[-1], z[-1]),
+            color="red",
+            xytext=(5, -15),
+            textcoords="offset points",
+            fontsize=8,
+        )
     fig.suptitle(
         "3-class error surface: CE is steep where the model is confidently wrong, MSE is flat"
     )
@@ -113,8 +119,10 @@ def main(argv: Sequence[str]) -> None:
             f"{where:<32} {v['ce']:>10.4g} {v['mse']:>10.4g} {v['ce_grad_norm']:>12.4g} {v['mse_grad_norm']:>12.4g}"
         )
     figure(maps, workdir / "error_surface.png")
-    atomic_write_json(workdir / "error_surface.json",
-                      {"settings": {"z3": z3, "range": extent, "points": points}, "corners": corners})  # fmt: skip
+    atomic_write_json(
+        workdir / "error_surface.json",
+        {"settings": {"z3": z3, "range": extent, "points": points}, "corners": corners},
+    )
     print(f"wrote {workdir}/error_surface.png and error_surface.json")
 
 

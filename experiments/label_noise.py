@@ -39,22 +39,37 @@ flags.DEFINE_string("workdir", "runs/label_noise", "Output directory.")
 
 def run(fractions, losses, lr, seeds, steps, dataset, workdir: pathlib.Path) -> list[dict]:
     """Every loss × noise level × seed as one grid (the level is the ``label_noise`` axis)."""
-    spec = SweepSpec(losses=tuple(losses), learning_rates=(lr,), seeds=tuple(range(seeds)),
-                     dataset=dataset, steps=steps, eval_every=max(steps // 4, 1),
-                     axes={"label_noise": tuple(fractions)})  # fmt: skip
+    spec = SweepSpec(
+        losses=tuple(losses),
+        learning_rates=(lr,),
+        seeds=tuple(range(seeds)),
+        dataset=dataset,
+        steps=steps,
+        eval_every=max(steps // 4, 1),
+        axes={"label_noise": tuple(fractions)},
+    )
     document = run_sweep(spec, workdir / "grid", overwrite=True)
     rows = []
     for fraction in fractions:
         for loss in losses:
-            runs = [c for c in document["configs"] if c["loss"] == loss and
-                    c["label_noise"] == fraction and not c["diverged"]]  # fmt: skip
+            runs = [
+                c
+                for c in document["configs"]
+                if c["loss"] == loss and c["label_noise"] == fraction and not c["diverged"]
+            ]
             acc = [c["final"]["test_accuracy"] for c in runs]
             train_ce = [c["final"]["train_nll"] for c in runs]
-            rows.append({"fraction": fraction, "loss": loss, "runs": len(runs),
-                         "test_accuracy_mean": 100 * float(np.mean(acc)) if acc else None,
-                         "test_accuracy_std": 100 * float(np.std(acc)) if acc else None,
-                         "train_ce_mean": float(np.mean(train_ce)) if train_ce else None,
-                         "train_ce_min": float(np.min(train_ce)) if train_ce else None})  # fmt: skip
+            rows.append(
+                {
+                    "fraction": fraction,
+                    "loss": loss,
+                    "runs": len(runs),
+                    "test_accuracy_mean": 100 * float(np.mean(acc)) if acc else None,
+                    "test_accuracy_std": 100 * float(np.std(acc)) if acc else None,
+                    "train_ce_mean": float(np.mean(train_ce)) if train_ce else None,
+                    "train_ce_min": float(np.min(train_ce)) if train_ce else None,
+                }
+            )
     return rows
 
 
@@ -63,8 +78,14 @@ def figure(rows: list[dict], path: pathlib.Path) -> None:
     for loss in dict.fromkeys(r["loss"] for r in rows):
         mine = [r for r in rows if r["loss"] == loss and r["runs"]]
         x = [r["fraction"] for r in mine]
-        ax_acc.errorbar(x, [r["test_accuracy_mean"] for r in mine], yerr=[r["test_accuracy_std"] for r in mine],
-                        marker="o", capsize=3, label=loss)  # fmt: skip
+        ax_acc.errorbar(
+            x,
+            [r["test_accuracy_mean"] for r in mine],
+            yerr=[r["test_accuracy_std"] for r in mine],
+            marker="o",
+            capsize=3,
+            label=loss,
+        )
         ax_ce.plot(x, [r["train_ce_mean"] for r in mine], marker="o", label=loss)
     ax_acc.set_xlabel("fraction of flipped training labels")
     ax_acc.set_ylabel("test accuracy (%)")
@@ -89,7 +110,7 @@ def main(argv: Sequence[str]) -> None:
         seeds = number("seeds", FLAGS.seeds, int)
         steps = number("steps", FLAGS.steps, int)
         workdir = pathlib.Path(FLAGS.workdir)
-        rows = run(fractions, FLAGS.losses, lr, seeds, steps, FLAGS.dataset, workdir)  # fmt: skip
+        rows = run(fractions, FLAGS.losses, lr, seeds, steps, FLAGS.dataset, workdir)
     except FlagError as e:
         fail(str(e))
     except SettingError as e:

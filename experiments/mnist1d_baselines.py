@@ -67,11 +67,14 @@ def shuffled_order(length: int) -> np.ndarray:
     return np.random.RandomState(SHUFFLE_SEED).permutation(length)
 
 
-def run(model_names, losses, seeds, steps, lr, batch_size, inputs=("original",),
-        progress=None) -> list[dict]:  # fmt: skip
+def run(
+    model_names, losses, seeds, steps, lr, batch_size, inputs=("original",), progress=None
+) -> list[dict]:
     original = data.load("mnist1d")
-    variants = {"original": original,
-                "shuffled": data.permuted_features(original, shuffled_order(original.num_features))}  # fmt: skip
+    variants = {
+        "original": original,
+        "shuffled": data.permuted_features(original, shuffled_order(original.num_features)),
+    }
     rows = []
     for variant in inputs:
         dataset = variants[variant]
@@ -83,15 +86,27 @@ def run(model_names, losses, seeds, steps, lr, batch_size, inputs=("original",),
             settings = engine.TrainSettings("adam", steps, batch_size, max(steps // 4, 1))
             records = runner.run(model, dataset, layout, settings).document["configs"]
             for loss in losses:
-                acc = np.array([100 * c["final"]["test_accuracy"] for c in records
-                                if c["loss"] == loss and not c["diverged"]])  # fmt: skip
+                acc = np.array(
+                    [
+                        100 * c["final"]["test_accuracy"]
+                        for c in records
+                        if c["loss"] == loss and not c["diverged"]
+                    ]
+                )
                 ce = loss == "ce"
-                rows.append({"inputs": variant, "model": name, "loss": loss,
-                             "params": model.num_params, "runs": int(acc.size),
-                             "test_accuracy_mean": float(acc.mean()) if acc.size else None,
-                             "test_accuracy_std": float(acc.std()) if acc.size else None,
-                             "paper": PAPER[variant][name] if ce else None,
-                             "notebook": NOTEBOOK[variant][name] if ce else None})  # fmt: skip
+                rows.append(
+                    {
+                        "inputs": variant,
+                        "model": name,
+                        "loss": loss,
+                        "params": model.num_params,
+                        "runs": int(acc.size),
+                        "test_accuracy_mean": float(acc.mean()) if acc.size else None,
+                        "test_accuracy_std": float(acc.std()) if acc.size else None,
+                        "paper": PAPER[variant][name] if ce else None,
+                        "notebook": NOTEBOOK[variant][name] if ce else None,
+                    }
+                )
             if progress:
                 progress(f"{name} ({variant})")
     return rows
@@ -101,17 +116,37 @@ def figure(rows: list[dict], path: pathlib.Path) -> None:
     variants = list(dict.fromkeys(r["inputs"] for r in rows))
     names = list(dict.fromkeys(r["model"] for r in rows))
     losses = list(dict.fromkeys(r["loss"] for r in rows))
-    fig, axes = plt.subplots(1, len(variants), figsize=(6.5 * len(variants), 4), squeeze=False,
-                             sharey=True)  # fmt: skip
+    fig, axes = plt.subplots(
+        1, len(variants), figsize=(6.5 * len(variants), 4), squeeze=False, sharey=True
+    )
     width = 0.8 / len(losses)
     for ax, variant in zip(axes[0], variants, strict=True):
         for i, loss in enumerate(losses):
-            mine = [next(r for r in rows if r["inputs"] == variant and r["model"] == n
-                         and r["loss"] == loss) for n in names]  # fmt: skip
-            ax.bar(np.arange(len(names)) + i * width, [r["test_accuracy_mean"] or 0 for r in mine],
-                   width, yerr=[r["test_accuracy_std"] or 0 for r in mine], capsize=3, label=loss)  # fmt: skip
-        ax.scatter(np.arange(len(names)), [PAPER[variant][n] for n in names], marker="_", s=600, color="k", zorder=3,
-                   label="paper (CE)")  # fmt: skip
+            mine = [
+                next(
+                    r
+                    for r in rows
+                    if r["inputs"] == variant and r["model"] == n and r["loss"] == loss
+                )
+                for n in names
+            ]
+            ax.bar(
+                np.arange(len(names)) + i * width,
+                [r["test_accuracy_mean"] or 0 for r in mine],
+                width,
+                yerr=[r["test_accuracy_std"] or 0 for r in mine],
+                capsize=3,
+                label=loss,
+            )
+        ax.scatter(
+            np.arange(len(names)),
+            [PAPER[variant][n] for n in names],
+            marker="_",
+            s=600,
+            color="k",
+            zorder=3,
+            label="paper (CE)",
+        )
         ax.set_xticks(np.arange(len(names)) + width * (len(losses) - 1) / 2, names)
         ax.set_title(f"MNIST-1D, {variant} positions: mean ± std over seeds", fontsize=10)
         ax.grid(alpha=0.3, axis="y")
@@ -130,8 +165,9 @@ def main(argv: Sequence[str]) -> None:
         batch_size = number("batch_size", FLAGS.batch_size, int)
         for name in FLAGS.models:
             if name not in MODEL_KWARGS:
-                raise FlagError("models",
-                                f"unknown model {name!r}; expected some of {list(MODEL_KWARGS)}")  # fmt: skip
+                raise FlagError(
+                    "models", f"unknown model {name!r}; expected some of {list(MODEL_KWARGS)}"
+                )
         for variant in FLAGS.inputs:
             if variant not in PAPER:
                 raise FlagError(
@@ -139,14 +175,24 @@ def main(argv: Sequence[str]) -> None:
                 )
         workdir = make_workdir(FLAGS.workdir)
         try:
-            rows = run(FLAGS.models, FLAGS.losses, seeds, steps, lr, batch_size, FLAGS.inputs,
-                       progress=lambda m: print(f"done: {m}", flush=True))  # fmt: skip
+            rows = run(
+                FLAGS.models,
+                FLAGS.losses,
+                seeds,
+                steps,
+                lr,
+                batch_size,
+                FLAGS.inputs,
+                progress=lambda m: print(f"done: {m}", flush=True),
+            )
         except ValueError as e:
             raise FlagError("losses" if "loss" in str(e) else "steps", str(e)) from None
     except FlagError as e:
         fail(str(e))
-    print(f"{'inputs':<9} {'model':<7} {'loss':<7} {'test accuracy (%)':>18} {'paper (CE)':>10} "
-          f"{'notebook':>9}  within 3 points of the paper")  # fmt: skip
+    print(
+        f"{'inputs':<9} {'model':<7} {'loss':<7} {'test accuracy (%)':>18} {'paper (CE)':>10} "
+        f"{'notebook':>9}  within 3 points of the paper"
+    )
     for r in rows:
         mean = (
             "diverged"
@@ -155,10 +201,17 @@ def main(argv: Sequence[str]) -> None:
         )
         paper = "" if r["paper"] is None else f"{r['paper']:.0f}"
         notebook = "" if r["notebook"] is None else f"{r['notebook']:.1f}"
-        print(f"{r['inputs']:<9} {r['model']:<7} {r['loss']:<7} {mean:>18} {paper:>10} {notebook:>9}  "
-              f"{within(r)}")  # fmt: skip
-    settings = {"steps": steps, "seeds": seeds, "lr": lr, "batch_size": batch_size,
-                "shuffle_seed": SHUFFLE_SEED}  # fmt: skip
+        print(
+            f"{r['inputs']:<9} {r['model']:<7} {r['loss']:<7} {mean:>18} {paper:>10} {notebook:>9}  "
+            f"{within(r)}"
+        )
+    settings = {
+        "steps": steps,
+        "seeds": seeds,
+        "lr": lr,
+        "batch_size": batch_size,
+        "shuffle_seed": SHUFFLE_SEED,
+    }
     atomic_write_json(workdir / "mnist1d_baselines.json", {"settings": settings, "rows": rows})
     figure(rows, workdir / "mnist1d_baselines.png")
     print(f"wrote {workdir}/mnist1d_baselines.png and mnist1d_baselines.json")

@@ -65,23 +65,48 @@ def load() -> data.Dataset:
     return data.with_validation(data.load("mnist5k"), VAL_FRACTION, seed=DATA_SEED)
 
 
-def train(dataset: data.Dataset, losses: Sequence[str], lrs: Sequence[float], seeds: int,
-          steps: int, width: float = 1.0, depth: int = 2
-          ) -> tuple[models.Model, engine.Layout, runner.Run]:  # fmt: skip
-    model = models.make_model("cnn2d", dataset.num_features, dataset.num_classes,
-                              image_shape=dataset.image_shape, **architecture(width, depth))  # fmt: skip
+def train(
+    dataset: data.Dataset,
+    losses: Sequence[str],
+    lrs: Sequence[float],
+    seeds: int,
+    steps: int,
+    width: float = 1.0,
+    depth: int = 2,
+) -> tuple[models.Model, engine.Layout, runner.Run]:
+    model = models.make_model(
+        "cnn2d",
+        dataset.num_features,
+        dataset.num_classes,
+        image_shape=dataset.image_shape,
+        **architecture(width, depth),
+    )
     layout = engine.Layout(tuple(losses), tuple(lrs), tuple(range(seeds)))
     settings = engine.TrainSettings("adam", steps, BATCH, max(steps // 5, 1), data_seed=DATA_SEED)
     return model, layout, runner.run(model, dataset, layout, settings)
 
 
-def calibrate_chosen(dataset: data.Dataset, model: models.Model, layout: engine.Layout,
-                     trained: runner.Run, chosen: dict[str, float]) -> tuple[list[dict], dict]:  # fmt: skip
+def calibrate_chosen(
+    dataset: data.Dataset,
+    model: models.Model,
+    layout: engine.Layout,
+    trained: runner.Run,
+    chosen: dict[str, float],
+) -> tuple[list[dict], dict]:
     """Temperature scaling of the configs at each loss's chosen learning rate."""
     records = trained.document["configs"]
     keep = [chosen.get(c.loss) == c.learning_rate for c in layout.configs()]
-    return calibration.calibrate(model, trained.params, layout, records, dataset.x_val,
-                                 dataset.y_val, dataset.x_test, dataset.y_test, keep)  # fmt: skip
+    return calibration.calibrate(
+        model,
+        trained.params,
+        layout,
+        records,
+        dataset.x_val,
+        dataset.y_val,
+        dataset.x_test,
+        dataset.y_test,
+        keep,
+    )
 
 
 def study(dataset, losses, lrs, seeds, steps, widths, depths, study_seeds, progress=print) -> dict:
@@ -149,20 +174,32 @@ def figure(document: dict, path: pathlib.Path) -> None:
     for ax, (loss, (before, after)) in zip(axes, bins.items(), strict=False):
         for b, label, style in ((before, "before", "o-"), (after, "after T", "s--")):
             filled = np.asarray(b.counts) > 0
-            ax.plot(np.asarray(b.confidence)[filled], np.asarray(b.accuracy)[filled], style,
-                    label=label, ms=4)  # fmt: skip
+            ax.plot(
+                np.asarray(b.confidence)[filled],
+                np.asarray(b.accuracy)[filled],
+                style,
+                label=label,
+                ms=4,
+            )
         ax.plot([0, 1], [0, 1], "k:", lw=1)
         ax.set_title(f"{loss}: reliability (seed 0)", fontsize=10)
         ax.set_xlabel("confidence")
         ax.set_ylabel("accuracy")
         ax.legend(fontsize=8)
-    for ax, (key, label) in zip(axes[len(bins):], (("width", "width ×"), ("depth", "dense layers")),
-                                strict=True):  # fmt: skip
+    for ax, (key, label) in zip(
+        axes[len(bins) :], (("width", "width ×"), ("depth", "dense layers")), strict=True
+    ):
         other, base = ("depth", 2) if key == "width" else ("width", 1.0)
         pts = sorted((r[key], r) for r in arch if r[other] == base)
         xs = [p[0] for p in pts]
-        ax.errorbar(xs, [p[1]["ece_before"] for p in pts], yerr=[p[1]["ece_before_std"] for p in pts],
-                    fmt="o-", capsize=3, label="ECE before T")  # fmt: skip
+        ax.errorbar(
+            xs,
+            [p[1]["ece_before"] for p in pts],
+            yerr=[p[1]["ece_before_std"] for p in pts],
+            fmt="o-",
+            capsize=3,
+            label="ECE before T",
+        )
         ax.plot(xs, [p[1]["ece_after"] for p in pts], "s--", label="ECE after T")
         ax.set_xlabel(label)
         ax.set_ylabel("test ECE")
@@ -191,27 +228,42 @@ def main(argv: Sequence[str]) -> None:
             raise FlagError("dataset", str(e)) from None
         workdir = make_workdir(FLAGS.workdir)
         try:
-            document = study(dataset, tuple(FLAGS.losses), lrs, seeds, steps, widths, depths,
-                             study_seeds, progress=lambda m: print(m, flush=True))  # fmt: skip
+            document = study(
+                dataset,
+                tuple(FLAGS.losses),
+                lrs,
+                seeds,
+                steps,
+                widths,
+                depths,
+                study_seeds,
+                progress=lambda m: print(m, flush=True),
+            )
         except ValueError as e:
             raise FlagError("losses" if "loss" in str(e) else "lrs", str(e)) from None
     except FlagError as e:
         fail(str(e))
     print(f"\nselection: {document['selection']['rule']}\n")
     print(document["accuracy_table"])
-    print(f"\n{'loss':<8} {'lr':>7} {'val acc':>8} {'test acc':>8} {'T':>7} "
-          f"{'ECE before → after':>20} {'NLL before → after':>20}")  # fmt: skip
+    print(
+        f"\n{'loss':<8} {'lr':>7} {'val acc':>8} {'test acc':>8} {'T':>7} "
+        f"{'ECE before → after':>20} {'NLL before → after':>20}"
+    )
     cal = {r["loss"]: r for r in document["calibration"]}
     for b in document["losses"]:
         c = cal.get(b["loss"], {})
         t = f"{c['temperature']:.3f}" if "temperature" in c else "-"
         ece = f"{c['ece_before']:.4f} → {c['ece_after']:.4f}" if "ece_before" in c else "-"
         nll = f"{c['nll_before']:.3f} → {c['nll_after']:.3f}" if "nll_before" in c else "-"
-        print(f"{b['loss']:<8} {b['learning_rate']:>7g} {100 * b['val_accuracy']:>7.2f}% "
-              f"{100 * b['test_accuracy']:>7.2f}% {t:>7} {ece:>20} {nll:>20}")  # fmt: skip
+        print(
+            f"{b['loss']:<8} {b['learning_rate']:>7g} {100 * b['val_accuracy']:>7.2f}% "
+            f"{100 * b['test_accuracy']:>7.2f}% {t:>7} {ece:>20} {nll:>20}"
+        )
     if (p := parity(document)) is not None:
-        print(f"\nsquare − CE test accuracy: {p['square_minus_ce']:+.2f} points "
-              f"({'within' if p['within'] else 'NOT within'} {SQUARE_PARITY:g} point of CE)")  # fmt: skip
+        print(
+            f"\nsquare − CE test accuracy: {p['square_minus_ce']:+.2f} points "
+            f"({'within' if p['within'] else 'NOT within'} {SQUARE_PARITY:g} point of CE)"
+        )
     print(
         f"\n{'width':>5} {'depth':>5} {'params':>8} {'test acc':>8} {'ECE before':>12} {'ECE after':>9}"
     )
@@ -219,8 +271,10 @@ def main(argv: Sequence[str]) -> None:
         if r.get("diverged"):
             print(f"{r['width']:>5g} {r['depth']:>5} diverged")
             continue
-        print(f"{r['width']:>5g} {r['depth']:>5} {r['params']:>8} {100 * r['accuracy_before']:>7.2f}% "
-              f"{r['ece_before']:>6.4f}±{r['ece_before_std']:.4f} {r['ece_after']:>9.4f}")  # fmt: skip
+        print(
+            f"{r['width']:>5g} {r['depth']:>5} {r['params']:>8} {100 * r['accuracy_before']:>7.2f}% "
+            f"{r['ece_before']:>6.4f}±{r['ece_before_std']:.4f} {r['ece_after']:>9.4f}"
+        )
     figure(document, workdir / "mnist_cnn.png")
     document = {k: v for k, v in document.items() if not k.startswith("_")}
     document["parity"] = parity(document)

@@ -84,9 +84,13 @@ def per_step_rows(total, calls, index, steps: int, blocks: int = 1) -> list[dict
         if calls[name] == steps * blocks and name in index:
             shape, origin = index[name]
             rows.append(
-                {"op": name, "us_per_step": total[name] / steps, "shape": shape,
-                 "from": origin.split("closed_call/")[-1]}
-            )  # fmt: skip
+                {
+                    "op": name,
+                    "us_per_step": total[name] / steps,
+                    "shape": shape,
+                    "from": origin.split("closed_call/")[-1],
+                }
+            )
     return sorted(rows, key=lambda r: -r["us_per_step"])
 
 
@@ -133,14 +137,18 @@ def main(argv: Sequence[str]) -> None:
     if not rows:
         fail("the trace holds no per-op events (is this backend's runtime traced?)")
     summed = sum(r["us_per_step"] for r in rows)
-    print(f"{trainer.layout.size} configs ({blocks} cache block{'s' * (blocks > 1)}), {steps} steps "
-          f"on {jax.devices()[0].platform}: "
-          f"{1e6 * wall / steps:.0f} µs per step (wall, under the profiler); "
-          f"{summed:.0f} µs per step summed over {len(rows)} ops\n")  # fmt: skip
+    print(
+        f"{trainer.layout.size} configs ({blocks} cache block{'s' * (blocks > 1)}), {steps} steps "
+        f"on {jax.devices()[0].platform}: "
+        f"{1e6 * wall / steps:.0f} µs per step (wall, under the profiler); "
+        f"{summed:.0f} µs per step summed over {len(rows)} ops\n"
+    )
     print(f"{'µs/step':>8} {'share':>6}  {'op':<28} {'output shape':<24} from")
     for r in rows[: FLAGS.top]:
-        print(f"{r['us_per_step']:>8.1f} {100 * r['us_per_step'] / summed:>5.1f}%  {r['op']:<28} "
-              f"{r['shape'].split('{')[0]:<24} {r['from'][:60]}")  # fmt: skip
+        print(
+            f"{r['us_per_step']:>8.1f} {100 * r['us_per_step'] / summed:>5.1f}%  {r['op']:<28} "
+            f"{r['shape'].split('{')[0]:<24} {r['from'][:60]}"
+        )
     with open(workdir / "profile.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -115,13 +115,21 @@ def render(workdir: pathlib.Path, made: dict[str, dict]) -> str:
     settings = (
         "full" if not fast else f"--fast (smaller runs, rougher numbers) for {', '.join(fast)}"
     )
-    out = ["# softcls-jax report", "",
-           f"Settings: {settings}. "
-           "Every number below was written by its experiment's run (each experiment's wall time "
-           "is at the end); references are beside them.", ""]  # fmt: skip
+    out = [
+        "# softcls-jax report",
+        "",
+        f"Settings: {settings}. "
+        "Every number below was written by its experiment's run (each experiment's wall time "
+        "is at the end); references are beside them.",
+        "",
+    ]
     if es := _load(workdir, "error_surface", "error_surface.json"):
-        out += _section("1. Error surface (C13)", "error_surface/error_surface.png",
-                        ["where", "CE", "MSE", "‖∂CE/∂z‖", "‖∂MSE/∂z‖"], "lrrrr")  # fmt: skip
+        out += _section(
+            "1. Error surface (C13)",
+            "error_surface/error_surface.png",
+            ["where", "CE", "MSE", "‖∂CE/∂z‖", "‖∂MSE/∂z‖"],
+            "lrrrr",
+        )
         for where, v in es["corners"].items():
             out.append(
                 f"| {where} | {v['ce']:.3g} | {v['mse']:.3g} | {v['ce_grad_norm']:.3g} | {v['mse_grad_norm']:.3g} |"
@@ -130,20 +138,27 @@ def render(workdir: pathlib.Path, made: dict[str, dict]) -> str:
             "Expected (C13): MSE is flat (gradient ≈ 0) in the wrong-but-confident corner, CE is steep."
         )
     if gr := _load(workdir, "gradients", "gradients.json"):
-        out += _section("2. Gradient against confidence (C11)", "gradients/gradients.png",
-                        ["ŷ_p", "CE ‖∂L/∂z‖", "CE ŷ_p − 1", "MSE ‖∂L/∂z‖", "MSE 2ŷ_p(1 − ŷ_p)²"],
-                        "rrrrr")  # fmt: skip
+        out += _section(
+            "2. Gradient against confidence (C11)",
+            "gradients/gradients.png",
+            ["ŷ_p", "CE ‖∂L/∂z‖", "CE ŷ_p − 1", "MSE ‖∂L/∂z‖", "MSE 2ŷ_p(1 − ŷ_p)²"],
+            "rrrrr",
+        )
         for r in gr["table"]:
-            out.append(f"| {r['p_target']:.3g} | {r['ce_full']:.3g} | {r['ce_target_path']:.3g} | "
-                       f"{r['mse_full']:.3g} | {r['mse_target_path']:.3g} |")  # fmt: skip
+            out.append(
+                f"| {r['p_target']:.3g} | {r['ce_full']:.3g} | {r['ce_target_path']:.3g} | "
+                f"{r['mse_full']:.3g} | {r['mse_target_path']:.3g} |"
+            )
         out += _closing(
             "Expected (C11): CE's push stays near 1 when wrong; MSE's vanishes as ŷ_p → 0."
         )
     if cs := _load(workdir, "confident_start", "confident_start.json"):
-        out += _section("3. Confidently wrong start (C13, Golik et al. 2013)",
-                        "confident_start/confident_start.png",
-                        ["model", "start", "loss", "lr (chosen on val)", "test accuracy (%)",
-                         "reference (%)"], "lllrrr")  # fmt: skip
+        out += _section(
+            "3. Confidently wrong start (C13, Golik et al. 2013)",
+            "confident_start/confident_start.png",
+            ["model", "start", "loss", "lr (chosen on val)", "test accuracy (%)", "reference (%)"],
+            "lllrrr",
+        )
         out += [confident_start_row(r) for r in cs["rows"]]
         d, ref = cs["diagnostics"], cs["diagnostics_reference"]
         out += _closing(
@@ -159,16 +174,27 @@ def render(workdir: pathlib.Path, made: dict[str, dict]) -> str:
             f"{d['mean_top_p']:.3f} [{ref['mean_top_p']}]."
         )
     if ca := _load(workdir, "calibration", "calibration.json"):
-        out += _section("4. Calibration (C14, Guo et al. 2017)", "calibration/reliability.png",
-                        ["loss", "T", "accuracy before → after (%)", "ECE before → after",
-                         "NLL before → after"], "lrrrr")  # fmt: skip
+        out += _section(
+            "4. Calibration (C14, Guo et al. 2017)",
+            "calibration/reliability.png",
+            [
+                "loss",
+                "T",
+                "accuracy before → after (%)",
+                "ECE before → after",
+                "NLL before → after",
+            ],
+            "lrrrr",
+        )
         for r in ca["summary"]:
             if r.get("diverged"):
                 out.append(f"| {r['loss']} | diverged | | | |")
                 continue
-            out.append(f"| {r['loss']} | {r['temperature']:.3f} | {100 * r['accuracy_before']:.2f} → "
-                       f"{100 * r['accuracy_after']:.2f} | {r['ece_before']:.4f} → {r['ece_after']:.4f} | "
-                       f"{r['nll_before']:.3f} → {r['nll_after']:.3f} |")  # fmt: skip
+            out.append(
+                f"| {r['loss']} | {r['temperature']:.3f} | {100 * r['accuracy_before']:.2f} → "
+                f"{100 * r['accuracy_after']:.2f} | {r['ece_before']:.4f} → {r['ece_after']:.4f} | "
+                f"{r['nll_before']:.3f} → {r['nll_after']:.3f} |"
+            )
         bound = any(r.get("temperature_at_bound") for r in ca["summary"])
         out += _closing(
             "Protocol: the MNIST-1D paper's MLP and recipe (Adam 1e-2, batch 100, 6000 steps), so "
@@ -178,21 +204,31 @@ def render(workdir: pathlib.Path, made: dict[str, dict]) -> str:
             + (" A fitted T reached the end of its search interval." if bound else "")
         )
     if ln := _load(workdir, "label_noise", "label_noise.json"):
-        out += _section("5. Label noise (C15)", "label_noise/label_noise.png",
-                        ["noise", "loss", "test accuracy (%)", "final train CE"], "rlrr")  # fmt: skip
+        out += _section(
+            "5. Label noise (C15)",
+            "label_noise/label_noise.png",
+            ["noise", "loss", "test accuracy (%)", "final train CE"],
+            "rlrr",
+        )
         for r in ln["rows"]:
             if r["runs"]:
-                out.append(f"| {r['fraction']:g} | {r['loss']} | {r['test_accuracy_mean']:.1f} ± "
-                           f"{r['test_accuracy_std']:.1f} | {r['train_ce_mean']:.3f} |")  # fmt: skip
+                out.append(
+                    f"| {r['fraction']:g} | {r['loss']} | {r['test_accuracy_mean']:.1f} ± "
+                    f"{r['test_accuracy_std']:.1f} | {r['train_ce_mean']:.3f} |"
+                )
         out += _closing(
             "Selection: none; one learning rate for every loss and noise level "
             f"({ln.get('settings', {}).get('lr', 'the default')}). Expected (C15): with noisy "
             "labels the training CE stays above 0."
         )
     if sq := _load(workdir, "square_loss_classes", "square_loss_classes.json"):
-        out += ["## 6. Square loss as the number of classes grows (Hui & Belkin 2021)", "",
-                "![square loss classes](square_loss_classes/square_loss_classes.png)", "",
-                square_loss_table(sq["rows"])]  # fmt: skip
+        out += [
+            "## 6. Square loss as the number of classes grows (Hui & Belkin 2021)",
+            "",
+            "![square loss classes](square_loss_classes/square_loss_classes.png)",
+            "",
+            square_loss_table(sq["rows"]),
+        ]
         out += _closing(
             "Selection: the learning rate (and k, M of the rescaled square loss) with the highest "
             "mean validation accuracy over seeds; test accuracy only reported. Expected (Demirkaya "
@@ -200,10 +236,20 @@ def render(workdir: pathlib.Path, made: dict[str, dict]) -> str:
             "rescaling (k on the true class, target M) closes the gap."
         )
     if mb := _load(workdir, "mnist1d_baselines", "mnist1d_baselines.json"):
-        out += _section("7. MNIST-1D baselines and the shuffled control (Greydanus & Kobak)",
-                        "mnist1d_baselines/mnist1d_baselines.png",
-                        ["inputs", "model", "loss", "test accuracy (%)", "paper (CE, %)",
-                         "notebook, last step (CE, %)", "within 3 points"], "llllrrl")  # fmt: skip
+        out += _section(
+            "7. MNIST-1D baselines and the shuffled control (Greydanus & Kobak)",
+            "mnist1d_baselines/mnist1d_baselines.png",
+            [
+                "inputs",
+                "model",
+                "loss",
+                "test accuracy (%)",
+                "paper (CE, %)",
+                "notebook, last step (CE, %)",
+                "within 3 points",
+            ],
+            "llllrrl",
+        )
         for r in mb["rows"]:
             acc = (
                 "diverged"
@@ -211,8 +257,10 @@ def render(workdir: pathlib.Path, made: dict[str, dict]) -> str:
                 else f"{r['test_accuracy_mean']:.1f} ± {r['test_accuracy_std']:.1f}"
             )
             ref = lambda key, r=r: "" if r.get(key) is None else f"{r[key]:g}"
-            out.append(f"| {r.get('inputs', 'original')} | {r['model']} | {r['loss']} | {acc} | "
-                       f"{ref('paper')} | {ref('notebook')} | {within(r)} |")  # fmt: skip
+            out.append(
+                f"| {r.get('inputs', 'original')} | {r['model']} | {r['loss']} | {acc} | "
+                f"{ref('paper')} | {ref('notebook')} | {within(r)} |"
+            )
         st = mb["settings"]
         out += _closing(
             f"Protocol: the paper's fixed recipe (Adam, lr {st['lr']:g}, batch {st['batch_size']}, "
@@ -222,39 +270,62 @@ def render(workdir: pathlib.Path, made: dict[str, dict]) -> str:
             "the paper's figure, and its notebook's last-step numbers (one seed)."
         )
     if mc := _load(workdir, "mnist_cnn", "mnist_cnn.json"):
-        out += _section("8. MNIST with the 2-D CNN: losses and calibration (Hui & Belkin 2021; "
-                        "Guo et al. 2017)", "mnist_cnn/mnist_cnn.png",
-                        ["loss", "lr (chosen on val)", "val accuracy (%)", "test accuracy (%)", "T",
-                         "test ECE before → after", "test NLL before → after"], "lrrrrrr")  # fmt: skip
+        out += _section(
+            "8. MNIST with the 2-D CNN: losses and calibration (Hui & Belkin 2021; "
+            "Guo et al. 2017)",
+            "mnist_cnn/mnist_cnn.png",
+            [
+                "loss",
+                "lr (chosen on val)",
+                "val accuracy (%)",
+                "test accuracy (%)",
+                "T",
+                "test ECE before → after",
+                "test NLL before → after",
+            ],
+            "lrrrrrr",
+        )
         cal = {r["loss"]: r for r in mc["calibration"]}
         for b in mc["losses"]:
             c = cal.get(b["loss"])
             if c is None or c.get("diverged"):
                 continue
-            out.append(f"| {b['loss']} | {b['learning_rate']:g} | {100 * b['val_accuracy']:.2f} | "
-                       f"{100 * b['test_accuracy']:.2f} | {c['temperature']:.3f} | "
-                       f"{c['ece_before']:.4f} → {c['ece_after']:.4f} | "
-                       f"{c['nll_before']:.3f} → {c['nll_after']:.3f} |")  # fmt: skip
+            out.append(
+                f"| {b['loss']} | {b['learning_rate']:g} | {100 * b['val_accuracy']:.2f} | "
+                f"{100 * b['test_accuracy']:.2f} | {c['temperature']:.3f} | "
+                f"{c['ece_before']:.4f} → {c['ece_after']:.4f} | "
+                f"{c['nll_before']:.3f} → {c['nll_after']:.3f} |"
+            )
         st, parity = mc["settings"], mc.get("parity")
-        gap = "" if parity is None else (
-            f" Square loss − CE: {parity['square_minus_ce']:+.2f} points on test (reference: Hui & "
-            f"Belkin report parity on MNIST; tolerance ±{mc['square_parity']:g}): "
-            f"{'within' if parity['within'] else 'NOT within'}.")  # fmt: skip
+        gap = (
+            ""
+            if parity is None
+            else (
+                f" Square loss − CE: {parity['square_minus_ce']:+.2f} points on test (reference: Hui & "
+                f"Belkin report parity on MNIST; tolerance ±{mc['square_parity']:g}): "
+                f"{'within' if parity['within'] else 'NOT within'}."
+            )
+        )
         out += _closing(
             f"Protocol: {st['dataset']} ({st['train']} train / {st['val']} validation / "
             f"{st['test']} test), LeNet-5-like cnn2d, Adam, batch {st['batch_size']}, {st['steps']} "
             f"steps, {st['seeds']} seeds. Selection: {mc['selection']['rule']}; test metrics only "
             f"reported. T fitted per model on the validation split.{gap}"
         )
-        out += ["| width × | dense layers | parameters | test accuracy (%) | test ECE before T | "
-                "test ECE after T |", "|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+        out += [
+            "| width × | dense layers | parameters | test accuracy (%) | test ECE before T | "
+            "test ECE after T |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
         for r in mc["architectures"]:
             if r.get("diverged"):
                 out.append(f"| {r['width']:g} | {r['depth']} | | diverged | | |")
                 continue
-            out.append(f"| {r['width']:g} | {r['depth']} | {r['params']} | "
-                       f"{100 * r['accuracy_before']:.2f} | {r['ece_before']:.4f} ± "
-                       f"{r['ece_before_std']:.4f} | {r['ece_after']:.4f} |")  # fmt: skip
+            out.append(
+                f"| {r['width']:g} | {r['depth']} | {r['params']} | "
+                f"{100 * r['accuracy_before']:.2f} | {r['ece_before']:.4f} ± "
+                f"{r['ece_before_std']:.4f} | {r['ece_after']:.4f} |"
+            )
         out += _closing(
             f"Width and depth: CE at the rate chosen for CE above, {st['study_seeds']} seeds per "
             "architecture (mean ± std over seeds); width multiplies every conv's channels and dense "

@@ -52,8 +52,11 @@ def task(num_classes: int, seed: int = 0) -> data.Dataset:
         y = np.repeat(np.arange(num_classes), n)
         splits.append((centres[y] + NOISE * rng.normal(size=(y.size, DIM)), y))
     (xt, yt), (xv, yv), (xs, ys) = splits
-    return data.standardized(data.from_arrays(xt, yt, xs, ys, num_classes=num_classes,
-                                              name=f"gauss{num_classes}", x_val=xv, y_val=yv))  # fmt: skip
+    return data.standardized(
+        data.from_arrays(
+            xt, yt, xs, ys, num_classes=num_classes, name=f"gauss{num_classes}", x_val=xv, y_val=yv
+        )
+    )
 
 
 def run(classes, lrs, ks, ms, seeds, steps, workdir: pathlib.Path, progress=None) -> list[dict]:
@@ -61,21 +64,49 @@ def run(classes, lrs, ks, ms, seeds, steps, workdir: pathlib.Path, progress=None
     for c in classes:
         dataset = task(c)
         model = models.make_model("mlp", DIM, c, hidden=(HIDDEN,))
-        common = {"learning_rates": lrs, "seeds": tuple(range(seeds)), "optimizer": "momentum",
-                  "steps": steps, "batch_size": BATCH, "eval_every": max(steps // 5, 1)}  # fmt: skip
+        common = {
+            "learning_rates": lrs,
+            "seeds": tuple(range(seeds)),
+            "optimizer": "momentum",
+            "steps": steps,
+            "batch_size": BATCH,
+            "eval_every": max(steps // 5, 1),
+        }
         ce = runner.run_grid(model, dataset, losses=("ce",), workdir=workdir / f"C{c}_ce", **common)
-        sq = runner.run_grid(model, dataset, losses=("square",), axes={"k": ks, "M": ms},
-                             workdir=workdir / f"C{c}_square", **common)  # fmt: skip
+        sq = runner.run_grid(
+            model,
+            dataset,
+            losses=("square",),
+            axes={"k": ks, "M": ms},
+            workdir=workdir / f"C{c}_square",
+            **common,
+        )
         plain = [r for r in sq["configs"] if r["k"] == 1 and r["M"] == 1]
-        for name, records in (("ce", ce["configs"]), ("square, k = M = 1", plain),
-                              ("square, k and M chosen on val", sq["configs"])):  # fmt: skip
+        for name, records in (
+            ("ce", ce["configs"]),
+            ("square, k = M = 1", plain),
+            ("square, k and M chosen on val", sq["configs"]),
+        ):
             chosen = results.best_per_loss(records, on="val")
             best = chosen[0] if chosen else None
-            rows.append({"classes": c, "loss": name, "diverged_everywhere": best is None,
-                         **({} if best is None else {
-                             "learning_rate": best["learning_rate"], "k": best.get("k"),
-                             "M": best.get("M"), "val_accuracy": 100 * best["val_accuracy"],
-                             "test_accuracy": 100 * best["test_accuracy"]})})  # fmt: skip
+            rows.append(
+                {
+                    "classes": c,
+                    "loss": name,
+                    "diverged_everywhere": best is None,
+                    **(
+                        {}
+                        if best is None
+                        else {
+                            "learning_rate": best["learning_rate"],
+                            "k": best.get("k"),
+                            "M": best.get("M"),
+                            "val_accuracy": 100 * best["val_accuracy"],
+                            "test_accuracy": 100 * best["test_accuracy"],
+                        }
+                    ),
+                }
+            )
         if progress:
             progress(c)
     return rows
@@ -108,8 +139,16 @@ def main(argv: Sequence[str]) -> None:
         seeds = number("seeds", FLAGS.seeds, int, minimum=1)
         steps = number("steps", FLAGS.steps, int, minimum=1)
         workdir = pathlib.Path(FLAGS.workdir)
-        rows = run(classes, lrs, ks, ms, seeds, steps, workdir,
-                   progress=lambda c: print(f"done: C = {c}", flush=True))  # fmt: skip
+        rows = run(
+            classes,
+            lrs,
+            ks,
+            ms,
+            seeds,
+            steps,
+            workdir,
+            progress=lambda c: print(f"done: C = {c}", flush=True),
+        )
     except FlagError as e:
         fail(str(e))
     except ValueError as e:

@@ -34,40 +34,57 @@ from .cli import FlagError, Progress, fail, number, parse_flags
 FLAGS = flags.FLAGS
 DEFAULTS = SweepSpec()  # every default below comes from the settings object
 flags.DEFINE_string(
-    "loss", ",".join(DEFAULTS.losses),
+    "loss",
+    ",".join(DEFAULTS.losses),
     f"Loss(es) to train with: one of {sorted(LOSSES)}, a comma list, or 'all'.",
-)  # fmt: skip
-flags.DEFINE_list("hidden", [str(h) for h in DEFAULTS.hidden],
-                  "Hidden layer widths of the mlp, comma separated.")  # fmt: skip
+)
+flags.DEFINE_list(
+    "hidden", [str(h) for h in DEFAULTS.hidden], "Hidden layer widths of the mlp, comma separated."
+)
 flags.DEFINE_list(
     "lrs", [], "Explicit learning rates, comma separated; overrides --lr_min/--lr_max/--num_lrs."
 )
-flags.DEFINE_string("lr_min", f"{min(DEFAULTS.learning_rates):g}",
-                    "Smallest learning rate of the log-spaced range.")  # fmt: skip
-flags.DEFINE_string("lr_max", f"{max(DEFAULTS.learning_rates):g}",
-                    "Largest learning rate of the log-spaced range.")  # fmt: skip
-flags.DEFINE_string("num_lrs", str(len(DEFAULTS.learning_rates)),
-                    "Number of log-spaced learning rates from --lr_min to --lr_max.")  # fmt: skip
 flags.DEFINE_string(
-    "seeds", str(len(DEFAULTS.seeds)),
+    "lr_min", f"{min(DEFAULTS.learning_rates):g}", "Smallest learning rate of the log-spaced range."
+)
+flags.DEFINE_string(
+    "lr_max", f"{max(DEFAULTS.learning_rates):g}", "Largest learning rate of the log-spaced range."
+)
+flags.DEFINE_string(
+    "num_lrs",
+    str(len(DEFAULTS.learning_rates)),
+    "Number of log-spaced learning rates from --lr_min to --lr_max.",
+)
+flags.DEFINE_string(
+    "seeds",
+    str(len(DEFAULTS.seeds)),
     "Number of seeds (0, 1, ..., counted from --first_seed); each seed has its own init and batch order.",
-)  # fmt: skip
+)
 flags.DEFINE_string("first_seed", str(DEFAULTS.seeds[0]), "First seed.")
 for _field in dataclasses.fields(SweepSpec):  # settings with a help text are flags of the same name
     if "help" in _field.metadata:
         default = getattr(DEFAULTS, _field.name)
         define = flags.DEFINE_bool if isinstance(default, bool) else flags.DEFINE_string
-        define(_field.name, default if isinstance(default, bool) else str(default),
-               _field.metadata["help"])  # fmt: skip
+        define(
+            _field.name,
+            default if isinstance(default, bool) else str(default),
+            _field.metadata["help"],
+        )
 for _axis in AXES.values():  # every axis also takes a single value
     if _axis.name != "learning_rate":
         default = "" if _axis.default is None else f" (default {_axis.default:g})"
-        flags.DEFINE_string(_axis.name, None, f"{_axis.help}; {_axis.rule}{default}. One value; "
-                            f"several: --axis {_axis.name}=V1,V2,...")  # fmt: skip
+        flags.DEFINE_string(
+            _axis.name,
+            None,
+            f"{_axis.help}; {_axis.rule}{default}. One value; "
+            f"several: --axis {_axis.name}=V1,V2,...",
+        )
 flags.DEFINE_multi_string(
-    "axis", [], "A grid axis NAME=V1,V2,... (repeatable), crossed with losses, learning rates and "
+    "axis",
+    [],
+    "A grid axis NAME=V1,V2,... (repeatable), crossed with losses, learning rates and "
     f"seeds. NAME is one of {[n for n in AXES if n != 'learning_rate']}.",
-)  # fmt: skip
+)
 flags.DEFINE_string(
     "workdir", "runs/sweep", "Output directory for results.json, results.csv, summary.md and plots."
 )
@@ -77,9 +94,10 @@ flags.DEFINE_bool(
     "Replace a sweep with other settings found in --workdir (otherwise refused).",
 )
 flags.DEFINE_bool(
-    "tensorboard", True,
+    "tensorboard",
+    True,
     "Also write TensorBoard event files (per config its curves, and HParams) to --workdir/tensorboard.",
-)  # fmt: skip
+)
 flags.DEFINE_bool(
     "checked",
     False,
@@ -249,14 +267,22 @@ def main(argv: Sequence[str]) -> None:
     try:
         initialize_distributed()
         spec = spec_from_flags()
-        print(f"sweep: {spec.layout().describe()}, {spec.model} on {spec.dataset}, {spec.steps} "
-              "steps", flush=True)  # fmt: skip
+        print(
+            f"sweep: {spec.layout().describe()}, {spec.model} on {spec.dataset}, {spec.steps} "
+            "steps",
+            flush=True,
+        )
         progress = Progress()
         document = run_sweep(
-            spec, FLAGS.workdir, on_progress=progress, overwrite=FLAGS.overwrite,
-            on_resume=lambda step: print(f"resuming from the checkpoint at step {step}", flush=True),
+            spec,
+            FLAGS.workdir,
+            on_progress=progress,
+            overwrite=FLAGS.overwrite,
+            on_resume=lambda step: print(
+                f"resuming from the checkpoint at step {step}", flush=True
+            ),
             tensorboard=FLAGS.tensorboard,
-        )  # fmt: skip
+        )
     except FlagError as e:
         fail(str(e))
     except SettingError as e:
@@ -275,9 +301,11 @@ def main(argv: Sequence[str]) -> None:
         val = "" if b["val_accuracy"] is None else f"val accuracy {100 * b['val_accuracy']:.2f} %, "
         print(f"best {b['loss']}: {values}: {val}test accuracy {100 * b['test_accuracy']:.2f} %")
     t = document["timing"]
-    print(f"\nwall {t['wall_s']:.1f} s (tracing {t['trace_s']:.1f} s, compile {t['compile_s']:.1f} s, "
-          f"{t['compiled_chunks']} chunk program(s)), "
-          f"{t['config_examples_per_s']:.3g} config·examples/s; results in {FLAGS.workdir}/")  # fmt: skip
+    print(
+        f"\nwall {t['wall_s']:.1f} s (tracing {t['trace_s']:.1f} s, compile {t['compile_s']:.1f} s, "
+        f"{t['compiled_chunks']} chunk program(s)), "
+        f"{t['config_examples_per_s']:.3g} config·examples/s; results in {FLAGS.workdir}/"
+    )
 
 
 def command() -> None:

@@ -26,14 +26,19 @@ def workload(num_lrs: int, steps: int, dataset: data.Dataset) -> engine.Trainer:
     """The reference grid: num_lrs log-spaced rates 1e-3 … 1 × {CE, MSE}, one seed."""
     model = models.make_model("mlp", dataset.num_features, dataset.num_classes, hidden=(HIDDEN,))
     lrs = tuple(float(x) for x in np.logspace(-3, 0, num_lrs))
-    return engine.Trainer(model, dataset, engine.Layout(("ce", "mse"), lrs, (0,)),
-                          engine.TrainSettings("sgd", steps, BATCH, steps))  # fmt: skip
+    return engine.Trainer(
+        model,
+        dataset,
+        engine.Layout(("ce", "mse"), lrs, (0,)),
+        engine.TrainSettings("sgd", steps, BATCH, steps),
+    )
 
 
 def cnn_model(name: str, dataset: data.Dataset) -> models.Model:
     """The ``cnn1d`` or ``cnn2d`` workload's model for ``dataset`` (default sizes)."""
-    return models.make_model(name, dataset.num_features, dataset.num_classes,
-                             image_shape=dataset.image_shape)  # fmt: skip
+    return models.make_model(
+        name, dataset.num_features, dataset.num_classes, image_shape=dataset.image_shape
+    )
 
 
 def cnn_workload(name: str, num_configs: int, steps: int, dataset: data.Dataset) -> engine.Trainer:
@@ -42,8 +47,12 @@ def cnn_workload(name: str, num_configs: int, steps: int, dataset: data.Dataset)
         raise ValueError(f"unknown CNN workload {name!r}; expected one of {list(CNN_RATES)}")
     lo, hi = CNN_RATES[name]
     lrs = tuple(float(x) for x in np.logspace(np.log10(lo), np.log10(hi), num_configs))
-    return engine.Trainer(cnn_model(name, dataset), dataset, engine.Layout(("ce",), lrs, (0,)),
-                          engine.TrainSettings("adam", steps, CNN_BATCH, steps))  # fmt: skip
+    return engine.Trainer(
+        cnn_model(name, dataset),
+        dataset,
+        engine.Layout(("ce",), lrs, (0,)),
+        engine.TrainSettings("adam", steps, CNN_BATCH, steps),
+    )
 
 
 def batch_stream(trainer: engine.Trainer, steps: int) -> np.ndarray:

@@ -62,17 +62,24 @@ def calibrate(
             rows.append({**ids, "diverged": True})
             continue
         before = test_logits[s, k]
-        t = float(metrics.fit_temperature(val_logits[s, k], y_val, MIN_TEMPERATURE,
-                                          MAX_TEMPERATURE))  # fmt: skip
+        t = float(
+            metrics.fit_temperature(val_logits[s, k], y_val, MIN_TEMPERATURE, MAX_TEMPERATURE)
+        )
         after = before / t
-        rows.append({
-            **ids, "diverged": False, "temperature": t,
-            "temperature_at_bound": not MIN_TEMPERATURE * 1.01 < t < MAX_TEMPERATURE / 1.01,
-            "accuracy_before": float(metrics.accuracy(before, y_test)),
-            "accuracy_after": float(metrics.accuracy(after, y_test)),
-            "ece_before": float(metrics.ece(before, y_test)), "ece_after": float(metrics.ece(after, y_test)),
-            "nll_before": float(metrics.nll(before, y_test)), "nll_after": float(metrics.nll(after, y_test)),
-        })  # fmt: skip
+        rows.append(
+            {
+                **ids,
+                "diverged": False,
+                "temperature": t,
+                "temperature_at_bound": not MIN_TEMPERATURE * 1.01 < t < MAX_TEMPERATURE / 1.01,
+                "accuracy_before": float(metrics.accuracy(before, y_test)),
+                "accuracy_after": float(metrics.accuracy(after, y_test)),
+                "ece_before": float(metrics.ece(before, y_test)),
+                "ece_after": float(metrics.ece(after, y_test)),
+                "nll_before": float(metrics.nll(before, y_test)),
+                "nll_after": float(metrics.nll(after, y_test)),
+            }
+        )
         if config.loss not in bins:
             bins[config.loss] = (
                 metrics.reliability_bins(before, y_test),
@@ -81,8 +88,15 @@ def calibrate(
     return rows, bins
 
 
-SUMMARY_KEYS = ("accuracy_before", "accuracy_after", "ece_before", "ece_after", "nll_before",
-                "nll_after", "temperature")  # fmt: skip
+SUMMARY_KEYS = (
+    "accuracy_before",
+    "accuracy_after",
+    "ece_before",
+    "ece_after",
+    "nll_before",
+    "nll_after",
+    "temperature",
+)
 
 
 def summarise(rows: Sequence[dict], by: Sequence[str] = ("loss",)) -> list[dict]:
@@ -98,7 +112,14 @@ def summarise(rows: Sequence[dict], by: Sequence[str] = ("loss",)) -> list[dict]
             out.append({**head, "diverged": True})
             continue
         mean = {k: float(np.mean([r[k] for r in ok])) for k in SUMMARY_KEYS}
-        out.append({**head, "models": len(ok), "diverged_models": len(group) - len(ok), **mean,
-                    "ece_before_std": float(np.std([r["ece_before"] for r in ok])),
-                    "temperature_at_bound": any(r["temperature_at_bound"] for r in ok)})  # fmt: skip
+        out.append(
+            {
+                **head,
+                "models": len(ok),
+                "diverged_models": len(group) - len(ok),
+                **mean,
+                "ece_before_std": float(np.std([r["ece_before"] for r in ok])),
+                "temperature_at_bound": any(r["temperature_at_bound"] for r in ok),
+            }
+        )
     return out

@@ -42,13 +42,15 @@ class CheckpointError(ValueError):
 def save(path: str | os.PathLike, state: GridState, history: list[dict]) -> None:
     """Writes ``state`` and ``history`` atomically to ``path``, with the payload's sha256."""
     leaves = jax.device_get(jax.tree.leaves(state))
-    payload = serialization.msgpack_serialize({
-        "leaves": {str(i): np.asarray(leaf) for i, leaf in enumerate(leaves)},
-        "history": {
-            "step": np.asarray([h["step"] for h in history], np.int64),
-            **{m: np.stack([np.asarray(h[m]) for h in history]) for m in METRICS},
-        },
-    })  # fmt: skip
+    payload = serialization.msgpack_serialize(
+        {
+            "leaves": {str(i): np.asarray(leaf) for i, leaf in enumerate(leaves)},
+            "history": {
+                "step": np.asarray([h["step"] for h in history], np.int64),
+                **{m: np.stack([np.asarray(h[m]) for h in history]) for m in METRICS},
+            },
+        }
+    )
     write_payload(path, payload)
 
 
@@ -160,8 +162,9 @@ def _check(
     step = int(np.asarray(state.step))
     recorded = [h["step"] for h in history]
     if step != recorded[-1]:
-        raise bad(f"is inconsistent: its state is at step {step}, its history ends at step "
-                  f"{recorded[-1]}")  # fmt: skip
+        raise bad(
+            f"is inconsistent: its state is at step {step}, its history ends at step {recorded[-1]}"
+        )
     if settings is not None:
         every, total = settings.eval_every, settings.steps
         expected = [min(i * every, total) for i in range(len(recorded))]

@@ -144,8 +144,10 @@ def validate(
             )
     num_classes = _classes(name, arrays["y_train"], arrays["y_test"], num_classes)
     if "y_val" in arrays and int(arrays["y_val"].max()) >= num_classes:
-        raise ValueError(f"{name}: y_val has label {int(arrays['y_val'].max())}, out of range "
-                         f"for {num_classes} classes")  # fmt: skip
+        raise ValueError(
+            f"{name}: y_val has label {int(arrays['y_val'].max())}, out of range "
+            f"for {num_classes} classes"
+        )
     present = np.unique(arrays["y_train"]).size
     if present < 2:
         raise ValueError(f"{name}: the training labels hold {present} class; need at least 2")
@@ -198,10 +200,15 @@ def _classes(name: str, y_train: np.ndarray, y_test: np.ndarray, num_classes: ob
 
 
 def from_arrays(
-    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
-    num_classes: int | None = None, name: str = "arrays",
-    x_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
-) -> Dataset:  # fmt: skip
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    num_classes: int | None = None,
+    name: str = "arrays",
+    x_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+) -> Dataset:
     """A validated :class:`Dataset` from your own arrays (features ``(N, D)``, integer labels ``(N,)``),
     with your own validation split if given (else ``run_grid`` holds one out of the training data).
 
@@ -258,8 +265,13 @@ def load_mnist1d() -> Dataset:
             ) from None
         generated = make_dataset(get_dataset_args())  # generates; get_dataset would download
         buffer = io.BytesIO()
-        np.savez(buffer, x_train=generated["x"], y_train=generated["y"],
-                 x_test=generated["x_test"], y_test=generated["y_test"])  # fmt: skip
+        np.savez(
+            buffer,
+            x_train=generated["x"],
+            y_train=generated["y"],
+            x_test=generated["x_test"],
+            y_test=generated["y_test"],
+        )
         try:
             atomic_write(path, buffer.getvalue())  # a crash never leaves a half-written cache
         except OSError as e:
@@ -395,12 +407,17 @@ def with_validation(dataset: Dataset, fraction: float, seed: int = 0) -> Dataset
         raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
     try:
         x_train, x_val, y_train, y_val = train_test_split(
-            dataset.x_train, dataset.y_train, test_size=fraction, stratify=dataset.y_train,
+            dataset.x_train,
+            dataset.y_train,
+            test_size=fraction,
+            stratify=dataset.y_train,
             random_state=seed,
-        )  # fmt: skip
+        )
     except ValueError as e:  # e.g. fewer validation examples than classes
-        raise ValueError(f"{dataset.name}: cannot hold out a validation fraction of {fraction:g} "
-                         f"of {dataset.x_train.shape[0]} training examples: {e}") from None  # fmt: skip
+        raise ValueError(
+            f"{dataset.name}: cannot hold out a validation fraction of {fraction:g} "
+            f"of {dataset.x_train.shape[0]} training examples: {e}"
+        ) from None
     return dataclasses.replace(dataset, x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val)
 
 
@@ -415,11 +432,14 @@ def permuted_features(dataset: Dataset, order: np.ndarray) -> Dataset:
     order = np.asarray(order)
     d = dataset.num_features
     if order.shape != (d,) or not np.array_equal(np.sort(order), np.arange(d)):
-        raise ValueError(f"{dataset.name}: a feature order must be a permutation of range({d}), "
-                         f"got shape {order.shape}")  # fmt: skip
+        raise ValueError(
+            f"{dataset.name}: a feature order must be a permutation of range({d}), "
+            f"got shape {order.shape}"
+        )
     fix = lambda a: None if a is None else a[:, order]
-    return dataclasses.replace(dataset, x_train=fix(dataset.x_train), x_val=fix(dataset.x_val),
-                               x_test=fix(dataset.x_test))  # fmt: skip
+    return dataclasses.replace(
+        dataset, x_train=fix(dataset.x_train), x_val=fix(dataset.x_val), x_test=fix(dataset.x_test)
+    )
 
 
 def standardized(dataset: Dataset) -> Dataset:
@@ -436,5 +456,6 @@ def standardized(dataset: Dataset) -> Dataset:
     mean, std = x.mean(0), x.std(0)
     scale = np.where(std > 0, std, 1.0)
     fix = lambda a: None if a is None else ((a - mean) / scale).astype(np.float32)
-    return dataclasses.replace(dataset, x_train=fix(dataset.x_train), x_val=fix(dataset.x_val),
-                               x_test=fix(dataset.x_test))  # fmt: skip
+    return dataclasses.replace(
+        dataset, x_train=fix(dataset.x_train), x_val=fix(dataset.x_val), x_test=fix(dataset.x_test)
+    )

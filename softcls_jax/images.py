@@ -181,8 +181,10 @@ def _idx_file(directory: pathlib.Path, stem: str) -> pathlib.Path:
     ):
         if (directory / name).is_file():
             return directory / name
-    raise ValueError(f"idx:{directory}: no {stem} (or {stem}.gz); an IDX data set needs "
-                     f"{list(IDX_FILES.values())}")  # fmt: skip
+    raise ValueError(
+        f"idx:{directory}: no {stem} (or {stem}.gz); an IDX data set needs "
+        f"{list(IDX_FILES.values())}"
+    )
 
 
 def load_idx(directory: str | pathlib.Path) -> data.Dataset:
@@ -206,16 +208,27 @@ def load_idx(directory: str | pathlib.Path) -> data.Dataset:
         if n_x != n_y:
             raise ValueError(f"{name}: {n_x} {split} images but {n_y} {split} labels")
     if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
-        raise ValueError(f"{name}: training images are {arrays['x_train'].shape[1:]}, test images "
-                         f"{arrays['x_test'].shape[1:]}")  # fmt: skip
+        raise ValueError(
+            f"{name}: training images are {arrays['x_train'].shape[1:]}, test images "
+            f"{arrays['x_test'].shape[1:]}"
+        )
     num_classes = int(arrays["y_train"].max()) + 1
     if arrays["y_test"].max() >= num_classes:
-        raise ValueError(f"{name}: test label {int(arrays['y_test'].max())} is outside the training "
-                         f"labels' range 0 … {num_classes - 1}")  # fmt: skip
+        raise ValueError(
+            f"{name}: test label {int(arrays['y_test'].max())} is outside the training "
+            f"labels' range 0 … {num_classes - 1}"
+        )
     rows, cols = arrays["x_train"].shape[1:]
     image = lambda x: x[..., None]  # (N, rows, cols, 1)
-    return standardized(name, image(arrays["x_train"]), arrays["y_train"], image(arrays["x_test"]),
-                        arrays["y_test"], (rows, cols, 1), num_classes)  # fmt: skip
+    return standardized(
+        name,
+        image(arrays["x_train"]),
+        arrays["y_train"],
+        image(arrays["x_test"]),
+        arrays["y_test"],
+        (rows, cols, 1),
+        num_classes,
+    )
 
 
 # ------------------------------------------------------------------ CIFAR-10 (binary version)
@@ -228,8 +241,10 @@ def read_cifar_batch(path: str | pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
     path = pathlib.Path(path)
     raw = np.frombuffer(path.read_bytes(), np.uint8)
     if raw.size == 0 or raw.size % CIFAR_RECORD:
-        raise ValueError(f"{path}: {raw.size} bytes is not a whole number of {CIFAR_RECORD}-byte "
-                         "CIFAR-10 records (label byte + 3072 pixels); is it the binary version?")  # fmt: skip
+        raise ValueError(
+            f"{path}: {raw.size} bytes is not a whole number of {CIFAR_RECORD}-byte "
+            "CIFAR-10 records (label byte + 3072 pixels); is it the binary version?"
+        )
     records = raw.reshape(-1, CIFAR_RECORD)
     labels = records[:, 0]
     if labels.max() > 9:
@@ -251,8 +266,10 @@ def load_cifar10(directory: str | pathlib.Path) -> data.Dataset:
             directory / "cifar-10-batches-py"
         ).is_dir()
         hint = "; that is the pickled Python version, which is never read" if pickled else ""
-        raise ValueError(f"{name}: missing {missing}: the CIFAR-10 binary version needs "
-                         f"{[*CIFAR_TRAIN, CIFAR_TEST]}{hint}")  # fmt: skip
+        raise ValueError(
+            f"{name}: missing {missing}: the CIFAR-10 binary version needs "
+            f"{[*CIFAR_TRAIN, CIFAR_TEST]}{hint}"
+        )
     train = [read_cifar_batch(directory / f) for f in CIFAR_TRAIN]
     x_test, y_test = read_cifar_batch(directory / CIFAR_TEST)
     x_train = np.concatenate([x for x, _ in train])

@@ -147,10 +147,18 @@ def _strided_windows(
     """The windows of a padded ``x (A, *S, B)``, one strided slice ``(A, *S_out, B)`` per kernel
     offset, offsets in row-major order (either layout: channels last or feature-major)."""
     return [
-        x[(slice(None), *(slice(o, o + s * (m - 1) + 1, s)
-                          for o, s, m in zip(offsets, strides, out, strict=True)), slice(None))]
+        x[
+            (
+                slice(None),
+                *(
+                    slice(o, o + s * (m - 1) + 1, s)
+                    for o, s, m in zip(offsets, strides, out, strict=True)
+                ),
+                slice(None),
+            )
+        ]
         for offsets in itertools.product(*(range(k) for k in kernel_size))
-    ]  # fmt: skip
+    ]
 
 
 def _tuple(value: int | Sequence[int] | None, d: int) -> tuple[int, ...]:
@@ -167,8 +175,9 @@ def _pairs(padding: Any, d: int) -> list[tuple[int, int]]:
         return [(padding, padding)] * d
     if isinstance(padding, Sequence) and len(padding) == d and not isinstance(padding, str):
         return [(p, p) if isinstance(p, int) else (int(p[0]), int(p[1])) for p in padding]
-    raise ValueError(f"conv_matmul needs 'VALID', an int or {d} (lo, hi) padding pairs, "
-                     f"got {padding!r}")  # fmt: skip
+    raise ValueError(
+        f"conv_matmul needs 'VALID', an int or {d} (lo, hi) padding pairs, got {padding!r}"
+    )
 
 
 def conv_matmul(layer: nnx.Conv, x: Array) -> Array:
@@ -195,8 +204,9 @@ def _check_plain(layer: nnx.Conv) -> None:
         or any(d != 1 for d in _tuple(layer.kernel_dilation, layer.kernel[...].ndim - 2))
         or any(d != 1 for d in _tuple(layer.input_dilation, layer.kernel[...].ndim - 2))
     ):
-        raise ValueError("conv_matmul supports plain convolutions only (no feature groups, "
-                         "dilation or mask)")  # fmt: skip
+        raise ValueError(
+            "conv_matmul supports plain convolutions only (no feature groups, dilation or mask)"
+        )
 
 
 def _window_slices(
@@ -214,12 +224,15 @@ def _windows(
     """:func:`_window_slices` as one gather with constant indices. XLA:CPU runs it as one copy
     loop; the 25 slices and the stack of the 5×5 windows were 26 passes, about twice the time."""
     size = x.shape[1:-1]
-    grids = np.meshgrid(*(np.arange(m) * s for m, s in zip(out, strides, strict=True)),
-                        indexing="ij")  # fmt: skip
-    index = np.concatenate([
-        np.ravel_multi_index([g + o for g, o in zip(grids, offsets, strict=True)], size).ravel()
-        for offsets in itertools.product(*(range(k) for k in kernel_size))
-    ])  # fmt: skip
+    grids = np.meshgrid(
+        *(np.arange(m) * s for m, s in zip(out, strides, strict=True)), indexing="ij"
+    )
+    index = np.concatenate(
+        [
+            np.ravel_multi_index([g + o for g, o in zip(grids, offsets, strict=True)], size).ravel()
+            for offsets in itertools.product(*(range(k) for k in kernel_size))
+        ]
+    )
     return jnp.take(x.reshape(x.shape[0], -1, x.shape[-1]), index, axis=1)
 
 
@@ -393,8 +406,9 @@ class CNN2D(nnx.Module):
         convs = []
         for i, cout in enumerate(channels):
             pad = k // 2 if i == 0 else 0
-            convs.append(nnx.Conv(cin, cout, kernel_size=(k, k), padding=[(pad, pad)] * 2,
-                                  rngs=rngs))  # fmt: skip
+            convs.append(
+                nnx.Conv(cin, cout, kernel_size=(k, k), padding=[(pad, pad)] * 2, rngs=rngs)
+            )
             cin = cout
         self.convs = nnx.List(convs)
         h, w = cnn2d_sizes(self.image_shape, channels, k)[-1]
@@ -446,8 +460,9 @@ class GRU(nnx.Module):
 
     def __init__(self, length: int, num_classes: int, hidden: int = 6, *, rngs: nnx.Rngs):
         init = _symmetric_uniform(1 / math.sqrt(hidden))
-        gates = lambda fan_in: nnx.Linear(fan_in, 3 * hidden, kernel_init=init, bias_init=init,
-                                          rngs=rngs)  # fmt: skip
+        gates = lambda fan_in: nnx.Linear(
+            fan_in, 3 * hidden, kernel_init=init, bias_init=init, rngs=rngs
+        )
         self.inputs = nnx.List([gates(1), gates(1)])  # forward, backward direction
         self.recurrent = nnx.List([gates(hidden), gates(hidden)])
         self.out = nnx.Linear(length * 2 * hidden, num_classes, rngs=rngs)
@@ -666,9 +681,11 @@ def from_nnx(build: Callable[[nnx.Rngs], nnx.Module], name: str = "custom") -> M
         raise ValueError(f"{name}: building the module failed: {type(e).__name__}: {e}") from e
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
     if jax.tree.leaves(rest):
-        raise ValueError(f"{name}: the module holds state other than nnx.Param "
-                         f"({sorted({type(v).__name__ for v in jax.tree.leaves(rest)})}); "
-                         "only parameters can be vmapped over configs")  # fmt: skip
+        raise ValueError(
+            f"{name}: the module holds state other than nnx.Param "
+            f"({sorted({type(v).__name__ for v in jax.tree.leaves(rest)})}); "
+            "only parameters can be vmapped over configs"
+        )
 
     def init(key: Array) -> Params:
         return nnx.state(build(nnx.Rngs(key)), nnx.Param)

@@ -46,8 +46,11 @@ def accuracy_vs_lr(records: Sequence[dict], path: str | os.PathLike, on: str = "
     ax.set_xlabel("learning rate")
     ax.set_ylabel("final test accuracy (%)")
     others = [a for a in axis_names(records) if a != "learning_rate"]
-    ax.set_title("Final test accuracy by loss (x: diverged)"
-                 + (f"\n{', '.join(others)} at their best on {on} per point" if others else ""), fontsize=10)  # fmt: skip
+    ax.set_title(
+        "Final test accuracy by loss (x: diverged)"
+        + (f"\n{', '.join(others)} at their best on {on} per point" if others else ""),
+        fontsize=10,
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

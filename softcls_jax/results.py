@@ -92,9 +92,13 @@ def config_records(layout: Layout, history: Sequence[dict], diverged_at: np.ndar
 
 
 def build(
-    settings: dict[str, Any], layout: Layout, history: Sequence[dict], diverged_at: np.ndarray,
-    timing: dict[str, float], select_on: str = "val",
-) -> dict[str, Any]:  # fmt: skip
+    settings: dict[str, Any],
+    layout: Layout,
+    history: Sequence[dict],
+    diverged_at: np.ndarray,
+    timing: dict[str, float],
+    select_on: str = "val",
+) -> dict[str, Any]:
     """The ``results.json`` document; its ``selection`` is made on split ``select_on``."""
     records = config_records(layout, history, diverged_at)
     return {
@@ -154,8 +158,10 @@ SPLITS = ("val", "test")
 def selection_rule(on: str = "val") -> str:
     """The rule, in words, by which a setting is chosen on split ``on``."""
     split = "validation" if on == "val" else "TEST"
-    return (f"the highest mean {split} accuracy over seeds (ties: the lower mean {split} NLL, then "
-            "the smaller learning rate); settings with a diverged seed are not candidates")  # fmt: skip
+    return (
+        f"the highest mean {split} accuracy over seeds (ties: the lower mean {split} NLL, then "
+        "the smaller learning rate); settings with a diverged seed are not candidates"
+    )
 
 
 def _score(runs: Sequence[dict], on: str) -> tuple | None:
@@ -227,8 +233,14 @@ def best_per_loss(records: Sequence[dict], on: str = "val") -> list[dict]:
         if _score(runs, on) is None:
             continue
         metrics = ("val_accuracy", "val_nll", "test_accuracy", "test_nll", "test_ece")
-        best.append({"loss": loss, **{a: runs[0][a] for a in axes},
-                     **{m: mean_metric(runs, m) for m in metrics}, "seeds": len(runs)})  # fmt: skip
+        best.append(
+            {
+                "loss": loss,
+                **{a: runs[0][a] for a in axes},
+                **{m: mean_metric(runs, m) for m in metrics},
+                "seeds": len(runs),
+            }
+        )
     return best
 
 
@@ -262,30 +274,50 @@ def summary_markdown(document: dict[str, Any], plots: Sequence[str] = ()) -> str
     split = "validation" if on == "val" else "TEST"
     at_best = f" ({', '.join(others)} at their best on {split} per cell)" if others else ""
     if on == "test":
-        lines += ["", "> **Selected on the TEST split** (`select_on=test`): every \"best\" below is "
-                  "optimistic; hold out a validation split for an honest choice."]  # fmt: skip
-    lines += ["", f"## Final test accuracy (%), mean ± std over seeds{at_best}", "",
-              accuracy_table(records, on), ""]  # fmt: skip
+        lines += [
+            "",
+            '> **Selected on the TEST split** (`select_on=test`): every "best" below is '
+            "optimistic; hold out a validation split for an honest choice.",
+        ]
+    lines += [
+        "",
+        f"## Final test accuracy (%), mean ± std over seeds{at_best}",
+        "",
+        accuracy_table(records, on),
+        "",
+    ]
     for axis in others:
-        lines += [f"## Final test accuracy (%) by {axis} (the other axes at their best on {split})",
-                  "", axis_table(records, axis, on), ""]  # fmt: skip
+        lines += [
+            f"## Final test accuracy (%) by {axis} (the other axes at their best on {split})",
+            "",
+            axis_table(records, axis, on),
+            "",
+        ]
     names = ["learning rate" if a == "learning_rate" else a for a in axes]
     title = "Best learning rate per loss" if not others else "Best setting per loss"
-    lines += [f"## {title}", "", f"Chosen on {split}: {selection_rule(on)}. Test metrics are "
-              "reported, never used to choose.", "",
-              "| loss | " + " | ".join(names) + " | val accuracy | test accuracy | test NLL | test ECE |",
-              "|---|" + "---:|" * (len(axes) + 4)]  # fmt: skip
+    lines += [
+        f"## {title}",
+        "",
+        f"Chosen on {split}: {selection_rule(on)}. Test metrics are "
+        "reported, never used to choose.",
+        "",
+        "| loss | " + " | ".join(names) + " | val accuracy | test accuracy | test NLL | test ECE |",
+        "|---|" + "---:|" * (len(axes) + 4),
+    ]
     for b in document["selection"]["per_loss"]:
         values = " | ".join(f"{b[a]:.3g}" for a in axes)
         val = "–" if b["val_accuracy"] is None else f"{100 * b['val_accuracy']:.2f} %"
-        lines.append(f"| {b['loss']} | {values} | {val} | {100 * b['test_accuracy']:.2f} % | "
-                     f"{b['test_nll']:.4f} | {b['test_ece']:.4f} |")  # fmt: skip
+        lines.append(
+            f"| {b['loss']} | {values} | {val} | {100 * b['test_accuracy']:.2f} % | "
+            f"{b['test_nll']:.4f} | {b['test_ece']:.4f} |"
+        )
     diverged = [r for r in records if r["diverged"]]
     lines += ["", f"## Diverged: {len(diverged)} of {len(records)} configs", ""]
     for r in diverged:
         values = ", ".join(f"{a}={r[a]:.3g}" for a in axes).replace("learning_rate=", "lr=")
-        lines.append(f"- {r['loss']}, {values}, seed={r['seed']}: non-finite at step "
-                     f"{r['diverged_step']}")  # fmt: skip
+        lines.append(
+            f"- {r['loss']}, {values}, seed={r['seed']}: non-finite at step {r['diverged_step']}"
+        )
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     timing = document.get("timing", {})

@@ -124,8 +124,9 @@ def run(
     described = (
         dict(described) if described is not None else describe(model, dataset, layout, settings)
     )
-    document = results.build(described, trainer.layout, history, trainer.diverged_steps(state),
-                             timing, select_on)  # fmt: skip
+    document = results.build(
+        described, trainer.layout, history, trainer.diverged_steps(state), timing, select_on
+    )
     return Run(document, trainer.real_params(state), trainer.layout)
 
 
@@ -196,8 +197,15 @@ def run_grid(
     if workdir is not None:
         workdir = writable_dir(workdir)
     board = None if workdir is None else pathlib.Path(workdir) / TENSORBOARD
-    document = run(model, dataset, layout, settings, on_progress=on_progress,
-                   tensorboard_dir=board, select_on=select_on).document  # fmt: skip
+    document = run(
+        model,
+        dataset,
+        layout,
+        settings,
+        on_progress=on_progress,
+        tensorboard_dir=board,
+        select_on=select_on,
+    ).document
     if workdir is not None and jax.process_index() == 0:
         write_outputs(document, pathlib.Path(workdir))
     return document
@@ -210,8 +218,10 @@ def check_selection(val_fraction: float, select_on: str) -> None:
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
     if val_fraction == 0 and select_on != "test":
-        raise ValueError("val_fraction=0 leaves nothing to select on; hold out a validation split, "
-                         "or choose on test explicitly with select_on='test' (optimistic)")  # fmt: skip
+        raise ValueError(
+            "val_fraction=0 leaves nothing to select on; hold out a validation split, "
+            "or choose on test explicitly with select_on='test' (optimistic)"
+        )
 
 
 def write_outputs(document: dict, workdir: pathlib.Path) -> None:

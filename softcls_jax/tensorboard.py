@@ -27,8 +27,9 @@ EVENT_FILE = "events.out.tfevents.softcls"  # TensorBoard reads any file whose n
 
 def run_name(config: Config) -> str:
     """``loss=ce,learning_rate=0.1,weight_decay=0,seed=0``: a config's run directory."""
-    return ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                    for k, v in config.as_dict().items())  # fmt: skip
+    return ",".join(
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.as_dict().items()
+    )
 
 
 def _append(path: pathlib.Path, events: Sequence[Any]) -> None:
@@ -63,8 +64,13 @@ class GridLog:
             path = run / EVENT_FILE
             if not path.exists():  # a resumed sweep appends to the runs it started
                 exp, start, _ = hparams(config.as_dict(), {m: 0.0 for m in METRICS})
-                _append(path, [Event(wall_time=time.time(), file_version="brain.Event:2"),
-                               *(Event(wall_time=time.time(), summary=s) for s in (exp, start))])  # fmt: skip
+                _append(
+                    path,
+                    [
+                        Event(wall_time=time.time(), file_version="brain.Event:2"),
+                        *(Event(wall_time=time.time(), summary=s) for s in (exp, start)),
+                    ],
+                )
             self._paths.append(path)
 
     def write(self, record: dict[str, Any]) -> None:
@@ -76,8 +82,11 @@ class GridLog:
         for i, path in enumerate(self._paths):
             s, k = divmod(i, k_count)
             values = {m: float(record[m][s, k]) for m in METRICS}
-            events = [self._event(wall_time=now, step=step, summary=scalar(m, v))
-                      for m, v in values.items() if math.isfinite(v)]  # fmt: skip
+            events = [
+                self._event(wall_time=now, step=step, summary=scalar(m, v))
+                for m, v in values.items()
+                if math.isfinite(v)
+            ]
             _append(path, events)
 
     def close(self) -> None:

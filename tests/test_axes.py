@@ -33,8 +33,9 @@ def _reference_step(loss_name):
     loss_fn = losses.get_loss(loss_name)
 
     def tx(momentum, weight_decay, lr):
-        return optax.chain(optax.trace(decay=momentum), optax.add_decayed_weights(weight_decay),
-                           optax.scale(-lr))  # fmt: skip
+        return optax.chain(
+            optax.trace(decay=momentum), optax.add_decayed_weights(weight_decay), optax.scale(-lr)
+        )
 
     @jax.jit
     def step(params, opt_state, xb, yb, lr, momentum, weight_decay, alpha, k, m):
@@ -52,8 +53,9 @@ def _plain_loop(config, seed, schedule):
     """One config trained the ordinary way: its own init, labels, schedule and a Python loop."""
     d = digits()
     h = config.as_dict()
-    model = models.make_model("mlp", d.num_features, d.num_classes, hidden=HIDDEN,
-                              init_scale=h["init_scale"])  # fmt: skip
+    model = models.make_model(
+        "mlp", d.num_features, d.num_classes, hidden=HIDDEN, init_scale=h["init_scale"]
+    )
     params = model.init(jax.random.fold_in(jax.random.key(seed), 0))
     y_train = data.with_label_noise(d, h["label_noise"], seed=0).y_train
     step, tx = _reference_step(config.loss)
@@ -68,20 +70,40 @@ def _plain_loop(config, seed, schedule):
     for t in range(STEPS):
         perm = np.asarray(jax.random.permutation(jax.random.fold_in(data_key, t // per_epoch), n))
         idx = perm[(t % per_epoch) * BATCH : (t % per_epoch + 1) * BATCH]
-        params, opt_state = step(params, opt_state, d.x_train[idx], y_train[idx],
-                                 float(lr_at(t)), h["momentum"], h["weight_decay"],
-                                 h["label_smoothing"], h["k"], h["M"])  # fmt: skip
+        params, opt_state = step(
+            params,
+            opt_state,
+            d.x_train[idx],
+            y_train[idx],
+            float(lr_at(t)),
+            h["momentum"],
+            h["weight_decay"],
+            h["label_smoothing"],
+            h["k"],
+            h["M"],
+        )
     return params
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "constant"])
 def test_every_config_of_a_multi_axis_grid_equals_a_plain_optax_loop(schedule):
-    axes = {"weight_decay": (0.0, 1e-2), "momentum": (0.0, 0.9), "label_smoothing": (0.0, 0.1),
-            "init_scale": (1.0, 2.0), "warmup_steps": (0, 8), "label_noise": (0.0, 0.25),
-            "k": (2.0,), "M": (3.0,)}  # fmt: skip
+    axes = {
+        "weight_decay": (0.0, 1e-2),
+        "momentum": (0.0, 0.9),
+        "label_smoothing": (0.0, 0.1),
+        "init_scale": (1.0, 2.0),
+        "warmup_steps": (0, 8),
+        "label_noise": (0.0, 0.25),
+        "k": (2.0,),
+        "M": (3.0,),
+    }
     layout = Layout(("ce", "square"), (0.05, 0.2), (3,), axes)
-    trainer = Trainer(models.make_model("mlp", 64, 10, hidden=HIDDEN), digits(), layout,
-                      TrainSettings("sgd", STEPS, BATCH, STEPS, schedule=schedule))  # fmt: skip
+    trainer = Trainer(
+        models.make_model("mlp", 64, 10, hidden=HIDDEN),
+        digits(),
+        layout,
+        TrainSettings("sgd", STEPS, BATCH, STEPS, schedule=schedule),
+    )
     state, _ = trainer.train()
     assert trainer.num_traces == 1 and layout.size == 256
     in_grid = trainer.real_params(state)
@@ -103,8 +125,11 @@ def test_adam_momentum_axis_is_b1():
         tx = optax.adam(0.01, b1=b1)
         opt_state = tx.init(params)
         for idx in indices:
-            grads = jax.grad(lambda p, idx=idx: jnp.mean(
-                losses.cross_entropy(model.apply(p, d.x_train[idx]), d.y_train[idx])))(params)  # fmt: skip
+            grads = jax.grad(
+                lambda p, idx=idx: jnp.mean(
+                    losses.cross_entropy(model.apply(p, d.x_train[idx]), d.y_train[idx])
+                )
+            )(params)
             updates, opt_state = tx.update(grads, opt_state)
             params = optax.apply_updates(params, updates)
         grid = jax.tree.map(lambda x, k=k: x[0, k], trainer.real_params(state))
@@ -117,10 +142,25 @@ def test_one_compilation_serves_any_number_of_values():
     model = models.make_model("linear", d.num_features, d.num_classes)
     settings = TrainSettings("momentum", 20, BATCH, 10)
     small = Trainer(model, d, Layout(("ce",), (0.1,), (0,), {"weight_decay": (0.0,)}), settings)
-    big = Trainer(model, d, Layout(("ce", "mse", "square"), (0.01, 0.1, 1.0), (0, 1), {
-        "weight_decay": (0.0, 1e-4, 1e-3), "momentum": (0.0, 0.5, 0.9), "label_smoothing": (0.0, 0.1),
-        "init_scale": (1.0, 4.0), "k": (1.0, 5.0), "M": (1.0, 15.0), "label_noise": (0.0, 0.2)}),
-        settings)  # fmt: skip
+    big = Trainer(
+        model,
+        d,
+        Layout(
+            ("ce", "mse", "square"),
+            (0.01, 0.1, 1.0),
+            (0, 1),
+            {
+                "weight_decay": (0.0, 1e-4, 1e-3),
+                "momentum": (0.0, 0.5, 0.9),
+                "label_smoothing": (0.0, 0.1),
+                "init_scale": (1.0, 4.0),
+                "k": (1.0, 5.0),
+                "M": (1.0, 15.0),
+                "label_noise": (0.0, 0.2),
+            },
+        ),
+        settings,
+    )
     for trainer in (small, big):
         trainer.train()
         assert trainer.num_traces == 1 and trainer.compiled_chunks == 1
@@ -129,17 +169,31 @@ def test_one_compilation_serves_any_number_of_values():
 
 def test_run_grid_records_axes_and_compiled_chunks(tmp_path):
     d = digits()
-    doc = run_grid(models.make_model("linear", d.num_features, d.num_classes), d,
-                   losses=("ce", "square"), learning_rates=(0.05, 0.5), seeds=(0, 1),
-                   axes={"k": (1.0, 3.0), "label_smoothing": (0.0, 0.2)}, steps=20,
-                   batch_size=BATCH, eval_every=10, workdir=tmp_path)  # fmt: skip
+    doc = run_grid(
+        models.make_model("linear", d.num_features, d.num_classes),
+        d,
+        losses=("ce", "square"),
+        learning_rates=(0.05, 0.5),
+        seeds=(0, 1),
+        axes={"k": (1.0, 3.0), "label_smoothing": (0.0, 0.2)},
+        steps=20,
+        batch_size=BATCH,
+        eval_every=10,
+        workdir=tmp_path,
+    )
     assert doc["timing"]["compiled_chunks"] == 1
     assert doc["axes"] == ["learning_rate", "k", "label_smoothing"]
     assert len(doc["configs"]) == 2 * 2 * 2 * 2 * 2
-    keys = [(c["loss"], c["learning_rate"], c["k"], c["label_smoothing"], c["seed"])
-            for c in doc["configs"]]  # fmt: skip
-    expected = [(loss, lr, k, a, s) for s in (0, 1) for loss in ("ce", "square")
-                for lr, k, a in itertools.product((0.05, 0.5), (1.0, 3.0), (0.0, 0.2))]  # fmt: skip
+    keys = [
+        (c["loss"], c["learning_rate"], c["k"], c["label_smoothing"], c["seed"])
+        for c in doc["configs"]
+    ]
+    expected = [
+        (loss, lr, k, a, s)
+        for s in (0, 1)
+        for loss in ("ce", "square")
+        for lr, k, a in itertools.product((0.05, 0.5), (1.0, 3.0), (0.0, 0.2))
+    ]
     assert keys == expected
     header = (tmp_path / "results.csv").read_text().splitlines()[0].split(",")
     assert header[:5] == ["loss", "learning_rate", "k", "label_smoothing", "seed"]
@@ -170,12 +224,18 @@ def test_schedule_factor_equals_optax(schedule, warmup):
     if schedule == "cosine":
         ref = optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, total)
     else:
-        ref = optax.join_schedules([optax.linear_schedule(0.0, 1.0, warmup),
-                                    optax.constant_schedule(1.0)], [warmup]) if warmup else (lambda t: 1.0)  # fmt: skip
+        ref = (
+            optax.join_schedules(
+                [optax.linear_schedule(0.0, 1.0, warmup), optax.constant_schedule(1.0)], [warmup]
+            )
+            if warmup
+            else (lambda t: 1.0)
+        )
     for t in range(total + 1):
         w = jnp.float32(warmup) if warmup else None
-        np.testing.assert_allclose(optim.schedule_factor(schedule, jnp.int32(t), total, w),
-                                   ref(t), atol=1e-6)  # fmt: skip
+        np.testing.assert_allclose(
+            optim.schedule_factor(schedule, jnp.int32(t), total, w), ref(t), atol=1e-6
+        )
 
 
 @pytest.mark.parametrize(
@@ -201,19 +261,31 @@ def test_bad_axes_raise(axes, message):
 def test_warmup_must_fit_in_the_steps():
     d = digits()
     with pytest.raises(ValueError, match=r"warmup_steps must be < steps \(20\), got 20"):
-        Trainer(models.make_model("linear", 64, 10), d,
-                Layout(("ce",), (0.1,), (0,), {"warmup_steps": (0, 20)}), TrainSettings(steps=20))  # fmt: skip
+        Trainer(
+            models.make_model("linear", 64, 10),
+            d,
+            Layout(("ce",), (0.1,), (0,), {"warmup_steps": (0, 20)}),
+            TrainSettings(steps=20),
+        )
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "experiments.sweep", *args], capture_output=True,
-                          text=True, check=False, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.sweep", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--axis", "dropout=0.1"], "--axis: expected NAME=V1,V2,... with NAME one of ['weight_decay', 'momentum', 'label_smoothing', 'init_scale', 'k', 'M', 'warmup_steps', 'label_noise']"),
+        (
+            ["--axis", "dropout=0.1"],
+            "--axis: expected NAME=V1,V2,... with NAME one of ['weight_decay', 'momentum', 'label_smoothing', 'init_scale', 'k', 'M', 'warmup_steps', 'label_noise']",
+        ),
         (["--axis", "weight_decay=0,x"], "--axis: 'x' is not a number"),
         (["--axis", "weight_decay=-1"], "--axis: weight_decay must be a finite number >= 0"),
         (["--axis", "k=1,2"], "--axis: axis 'k' is read by the square loss only"),
@@ -223,7 +295,7 @@ def _cli(*args):
         (["--schedule=linear"], "--schedule: unknown schedule 'linear'"),
         (["--momentum=2"], "--momentum: must be a number in [0, 1), got 2.0"),
     ],
-)  # fmt: skip
+)
 def test_cli_bad_axes_exit_2_with_one_line(tmp_path, args, message):
     proc = _cli("--num_lrs=1", *args, f"--workdir={tmp_path / 'w'}")
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
@@ -233,9 +305,21 @@ def test_cli_bad_axes_exit_2_with_one_line(tmp_path, args, message):
 
 
 def test_cli_multi_axis_sweep_writes_every_axis(tmp_path):
-    proc = _cli("--loss=ce,square", "--lrs=0.05,0.5", "--axis", "k=1,2", "--axis", "momentum=0,0.9",
-                "--label_smoothing=0.1", "--seeds=1", "--steps=20", "--eval_every=10", "--hidden=8",
-                "--batch_size=32", f"--workdir={tmp_path}")  # fmt: skip
+    proc = _cli(
+        "--loss=ce,square",
+        "--lrs=0.05,0.5",
+        "--axis",
+        "k=1,2",
+        "--axis",
+        "momentum=0,0.9",
+        "--label_smoothing=0.1",
+        "--seeds=1",
+        "--steps=20",
+        "--eval_every=10",
+        "--hidden=8",
+        "--batch_size=32",
+        f"--workdir={tmp_path}",
+    )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads((tmp_path / "results.json").read_text())
     assert doc["settings"]["axes"] == {

@@ -101,11 +101,20 @@ def test_cnn_torch_loop_agrees_when_torch_is_installed(cnn_setups):
 
 def test_cnn_targets_read_the_rows():
     rows = [
-        {"configs": g, "contender": c, "sweep_speedup": s, "config_examples_per_s": t,
-         "steady_config_examples_per_s": t, "peak_share": p}
-        for g, c, s, t, p in [(8, "sweep", 1, 1.0, 0.2), (32, "torch_loop", 5.0, 0.1, 0.0),
-                              (128, "sweep", 1, 1.6, 0.3)]
-    ]  # fmt: skip
+        {
+            "configs": g,
+            "contender": c,
+            "sweep_speedup": s,
+            "config_examples_per_s": t,
+            "steady_config_examples_per_s": t,
+            "peak_share": p,
+        }
+        for g, c, s, t, p in [
+            (8, "sweep", 1, 1.0, 0.2),
+            (32, "torch_loop", 5.0, 0.1, 0.0),
+            (128, "sweep", 1, 1.6, 0.3),
+        ]
+    ]
     targets = bench.cnn_targets("cnn1d", rows, (8, 32, 128))
     assert [t["met"] for t in targets] == [True, True, True]
     assert not bench.cnn_targets("cnn2d", rows[:1], (8,))[0]["met"]

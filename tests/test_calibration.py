@@ -19,9 +19,16 @@ def trained():
 
 def test_each_config_gets_the_temperature_that_minimises_its_validation_nll(trained):
     dataset, model, layout, run = trained
-    rows, bins = calibration.calibrate(model, run.params, layout, run.document["configs"],
-                                       dataset.x_val, dataset.y_val, dataset.x_test,
-                                       dataset.y_test)  # fmt: skip
+    rows, bins = calibration.calibrate(
+        model,
+        run.params,
+        layout,
+        run.document["configs"],
+        dataset.x_val,
+        dataset.y_val,
+        dataset.x_test,
+        dataset.y_test,
+    )
     assert [(r["loss"], r["learning_rate"], r["seed"]) for r in rows] == [
         (c.loss, c.learning_rate, c.seed) for c in layout.configs()
     ]
@@ -44,9 +51,17 @@ def test_each_config_gets_the_temperature_that_minimises_its_validation_nll(trai
 def test_keep_selects_configs_and_summarise_averages_seeds(trained):
     dataset, model, layout, run = trained
     keep = [c.learning_rate == 0.3 for c in layout.configs()]
-    rows, _ = calibration.calibrate(model, run.params, layout, run.document["configs"],
-                                    dataset.x_val, dataset.y_val, dataset.x_test, dataset.y_test,
-                                    keep)  # fmt: skip
+    rows, _ = calibration.calibrate(
+        model,
+        run.params,
+        layout,
+        run.document["configs"],
+        dataset.x_val,
+        dataset.y_val,
+        dataset.x_test,
+        dataset.y_test,
+        keep,
+    )
     assert len(rows) == 4 and all(r["learning_rate"] == 0.3 for r in rows)
     summary = calibration.summarise(rows)
     assert [s["loss"] for s in summary] == ["ce", "square"]
@@ -57,8 +72,12 @@ def test_keep_selects_configs_and_summarise_averages_seeds(trained):
 
 
 def test_permuted_features_moves_columns_and_refuses_a_non_permutation():
-    d = data.from_arrays(np.arange(12.0).reshape(4, 3), np.array([0, 1, 0, 1]),
-                         np.arange(6.0).reshape(2, 3), np.array([0, 1]))  # fmt: skip
+    d = data.from_arrays(
+        np.arange(12.0).reshape(4, 3),
+        np.array([0, 1, 0, 1]),
+        np.arange(6.0).reshape(2, 3),
+        np.array([0, 1]),
+    )
     p = data.permuted_features(d, np.array([2, 0, 1]))
     np.testing.assert_array_equal(p.x_train, d.x_train[:, [2, 0, 1]])
     np.testing.assert_array_equal(p.x_test, d.x_test[:, [2, 0, 1]])

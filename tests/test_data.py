@@ -29,8 +29,12 @@ def test_blobs_are_seeded():
 
 
 def _save(path, **arrays):
-    base = {"x_train": np.ones((4, 3)), "y_train": np.array([0, 1, 0, 1]),
-            "x_test": np.ones((2, 3)), "y_test": np.array([1, 0])}  # fmt: skip
+    base = {
+        "x_train": np.ones((4, 3)),
+        "y_train": np.array([0, 1, 0, 1]),
+        "x_test": np.ones((2, 3)),
+        "y_test": np.array([1, 0]),
+    }
     base.update(arrays)
     np.savez(path, **{k: v for k, v in base.items() if v is not None})
     return f"npz:{path}"
@@ -63,8 +67,13 @@ def test_bad_npz_contents(tmp_path, arrays, message):
 
 def test_npz_object_arrays_are_refused_never_unpickled(tmp_path):
     path = tmp_path / "obj.npz"
-    np.savez(path, x_train=np.array([{"a": 1}] * 4, dtype=object), y_train=np.array([0, 1, 0, 1]),
-             x_test=np.ones((2, 3)), y_test=np.array([1, 0]))  # fmt: skip
+    np.savez(
+        path,
+        x_train=np.array([{"a": 1}] * 4, dtype=object),
+        y_train=np.array([0, 1, 0, 1]),
+        x_test=np.ones((2, 3)),
+        y_test=np.array([1, 0]),
+    )
     with pytest.raises(ValueError, match="object arrays"):
         data.load(f"npz:{path}")
 

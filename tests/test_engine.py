@@ -110,8 +110,9 @@ def test_a_grid_without_the_diverging_config_agrees_to_rounding():
     _, narrow = _trainer(engine.Layout(("ce", "mse"), (0.01, 0.1), (0, 1))).train()
     _, wide = _trainer(engine.Layout(("ce", "mse"), (0.01, 0.1, 1e6), (0, 1))).train()
     for name in engine.METRICS:
-        np.testing.assert_allclose(narrow[-1][name], wide[-1][name][:, [0, 1, 3, 4]], rtol=1e-5, atol=1e-6,
-                                   err_msg=name)  # fmt: skip
+        np.testing.assert_allclose(
+            narrow[-1][name], wide[-1][name][:, [0, 1, 3, 4]], rtol=1e-5, atol=1e-6, err_msg=name
+        )
 
 
 def _plain_optax_loop(lr, seed, steps, batch, loss_fn, hidden):
@@ -154,8 +155,13 @@ def test_softmax_regression_ce_reaches_sklearn_logistic_regression():
     reference = (
         LogisticRegression(max_iter=5000).fit(d.x_train, d.y_train).score(d.x_test, d.y_test)
     )
-    trainer = _trainer(engine.Layout(("ce",), (0.1,), (0, 1, 2)), steps=2000, eval_every=1000,
-                       model="linear", batch=128)  # fmt: skip
+    trainer = _trainer(
+        engine.Layout(("ce",), (0.1,), (0, 1, 2)),
+        steps=2000,
+        eval_every=1000,
+        model="linear",
+        batch=128,
+    )
     _, history = trainer.train()
     accuracy = float(np.mean(history[-1]["test_accuracy"]))
     assert accuracy >= reference - 0.01, (accuracy, reference)
@@ -221,8 +227,7 @@ def test_config_blocks_train_the_same_configs_to_rounding():
     whole = _trainer(grid)
     d = digits()
     m = models.make_model("mlp", d.num_features, d.num_classes, hidden=(16,))
-    blocked = engine.Trainer(m, d, grid, engine.TrainSettings("sgd", 40, 64, 20),
-                                 block_configs=4)  # fmt: skip
+    blocked = engine.Trainer(m, d, grid, engine.TrainSettings("sgd", 40, 64, 20), block_configs=4)
     assert (whole.layout.num_blocks, blocked.layout.num_blocks, blocked.layout.padded_shape) == (
         1,
         3,
@@ -241,16 +246,18 @@ def test_block_configs_must_be_an_integer():
     with pytest.raises(ValueError, match="block_configs must be an integer"):
         d = digits()
         m = models.make_model("linear", d.num_features, d.num_classes)
-        engine.Trainer(m, d, engine.Layout(("ce",), (0.1,), (0,)), engine.TrainSettings(),
-                           block_configs=2.5)  # fmt: skip
+        engine.Trainer(
+            m, d, engine.Layout(("ce",), (0.1,), (0,)), engine.TrainSettings(), block_configs=2.5
+        )
 
 
 def test_block_configs_must_not_be_negative():
     with pytest.raises(ValueError, match="block_configs must be an integer >= 0, got -1"):
         d = digits()
         m = models.make_model("linear", d.num_features, d.num_classes)
-        engine.Trainer(m, d, engine.Layout(("ce",), (0.1,), (0,)), engine.TrainSettings(),
-                           block_configs=-1)  # fmt: skip
+        engine.Trainer(
+            m, d, engine.Layout(("ce",), (0.1,), (0,)), engine.TrainSettings(), block_configs=-1
+        )
 
 
 @pytest.mark.parametrize("n, chunk", [(7, 3), (6, 3), (2, 4)])  # remainder, exact, one chunk

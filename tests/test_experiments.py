@@ -8,20 +8,35 @@ import pytest
 
 
 def _run(module, *args):
-    return subprocess.run([sys.executable, "-m", f"experiments.{module}", *args],
-                          capture_output=True, text=True, check=False, timeout=600)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", f"experiments.{module}", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
 
 
 SMOKE = {
     "error_surface": (["--points=21"], ["error_surface.png", "error_surface.json"]),
     "gradients": (["--points=30", "--num_classes=10"], ["gradients.png", "gradients.json"]),
-    "confident_start": (["--epochs=1", "--seeds=1", "--lrs=0.1,1.0", "--models=linear"],
-                        ["confident_start.png", "confident_start.json"]),
-    "calibration": (["--steps=50", "--seeds=1", "--dataset=digits"], ["reliability.png", "calibration.json"]),
-    "label_noise": (["--steps=20", "--seeds=1", "--fractions=0,0.5"], ["label_noise.png", "label_noise.json"]),
-    "square_loss_classes": (["--classes=10", "--steps=20", "--seeds=1", "--lrs=0.1"],
-                            ["square_loss_classes.png", "square_loss_classes.json"]),
-}  # fmt: skip
+    "confident_start": (
+        ["--epochs=1", "--seeds=1", "--lrs=0.1,1.0", "--models=linear"],
+        ["confident_start.png", "confident_start.json"],
+    ),
+    "calibration": (
+        ["--steps=50", "--seeds=1", "--dataset=digits"],
+        ["reliability.png", "calibration.json"],
+    ),
+    "label_noise": (
+        ["--steps=20", "--seeds=1", "--fractions=0,0.5"],
+        ["label_noise.png", "label_noise.json"],
+    ),
+    "square_loss_classes": (
+        ["--classes=10", "--steps=20", "--seeds=1", "--lrs=0.1"],
+        ["square_loss_classes.png", "square_loss_classes.json"],
+    ),
+}
 
 
 @pytest.mark.parametrize("module", sorted(SMOKE))
@@ -56,8 +71,20 @@ def test_calibration_keeps_accuracy_and_reports_temperature(tmp_path):
 
 
 def test_report_fast_subset(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "experiments.report", "--fast", "--only=error_surface,gradients",
-                           f"--workdir={tmp_path}"], capture_output=True, text=True, check=False, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.report",
+            "--fast",
+            "--only=error_surface,gradients",
+            f"--workdir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = (tmp_path / "report.md").read_text()
     assert "![error surface](error_surface/error_surface.png)" in report
@@ -69,8 +96,13 @@ def test_report_fast_subset(tmp_path):
 
 def test_report_publish_copies_only_the_report_and_its_figures(tmp_path):
     run, docs = tmp_path / "run", tmp_path / "docs"
-    proc = _run("report", "--fast", "--only=error_surface,gradients", f"--workdir={run}",
-                f"--publish={docs}")  # fmt: skip
+    proc = _run(
+        "report",
+        "--fast",
+        "--only=error_surface,gradients",
+        f"--workdir={run}",
+        f"--publish={docs}",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     published = sorted(str(p.relative_to(docs)) for p in docs.rglob("*") if p.is_file())
     figures = ["error_surface/error_surface.png", "gradients/gradients.png"]
@@ -119,8 +151,14 @@ def test_profile_step_attributes_the_step_time_to_ops(tmp_path):
 def test_report_renders_the_square_loss_section(tmp_path):
     # The report imports only flag-free formatting: a section that imported its experiment's module
     # would define that module's flags a second time.
-    args = [sys.executable, "-m", "experiments.report", "--fast", "--only=square_loss_classes",
-            f"--workdir={tmp_path}"]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "experiments.report",
+        "--fast",
+        "--only=square_loss_classes",
+        f"--workdir={tmp_path}",
+    ]
     proc = subprocess.run(args, capture_output=True, text=True, check=False, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = (tmp_path / "report.md").read_text()
@@ -131,9 +169,19 @@ def test_report_renders_the_mnist_sections(tmp_path):
     # Both experiments at tiny settings, then the report rebuilt from their results (--render_only).
     for module, args in (
         ("mnist1d_baselines", ["--steps=20", "--seeds=1", "--models=linear,gru", "--losses=ce"]),
-        ("mnist_cnn", ["--steps=10", "--seeds=2", "--lrs=0.001", "--losses=ce,square",
-                       "--widths=1", "--depths=2", "--study_seeds=1"]),
-    ):  # fmt: skip
+        (
+            "mnist_cnn",
+            [
+                "--steps=10",
+                "--seeds=2",
+                "--lrs=0.001",
+                "--losses=ce,square",
+                "--widths=1",
+                "--depths=2",
+                "--study_seeds=1",
+            ],
+        ),
+    ):
         proc = _run(module, *args, f"--workdir={tmp_path / module}")
         assert proc.returncode == 0, proc.stderr[-2000:]
         for suffix in (".png", ".json"):

@@ -15,14 +15,25 @@ from flax import serialization
 
 from softcls_jax import checkpoint, data, files, models, sweep
 
-TINY = sweep.SweepSpec(losses=("ce",), learning_rates=(0.1, 0.3), seeds=(0,), hidden=(8,),
-                       steps=20, eval_every=10, batch_size=32)  # fmt: skip
+TINY = sweep.SweepSpec(
+    losses=("ce",),
+    learning_rates=(0.1, 0.3),
+    seeds=(0,),
+    hidden=(8,),
+    steps=20,
+    eval_every=10,
+    batch_size=32,
+)
 
 
 def _npz(path, seed=0, **extra):
     rng = np.random.default_rng(seed)
-    arrays = dict(x_train=rng.normal(size=(64, 4)), y_train=np.arange(64) % 3,
-                  x_test=rng.normal(size=(16, 4)), y_test=np.arange(16) % 3)  # fmt: skip
+    arrays = dict(
+        x_train=rng.normal(size=(64, 4)),
+        y_train=np.arange(64) % 3,
+        x_test=rng.normal(size=(16, 4)),
+        y_test=np.arange(16) % 3,
+    )
     np.savez(path, **{**arrays, **extra})
     return path
 
@@ -42,8 +53,11 @@ def test_changed_data_is_refused_naming_the_change(tmp_path):
     recorded = json.loads((tmp_path / "w" / "spec.json").read_text())["fingerprint"]
     assert set(recorded["versions"]) == {"jax", "jaxlib", "flax", "optax", "numpy"}
     _npz(path, seed=1)  # same shapes, other values
-    with pytest.raises(sweep.SettingError, match=rf"of other data \(npz:{path} changed: sha256 "
-                       rf"{recorded['data']['sha256'][:12]}… -> [0-9a-f]{{12}}…\)"):  # fmt: skip
+    with pytest.raises(
+        sweep.SettingError,
+        match=rf"of other data \(npz:{path} changed: sha256 "
+        rf"{recorded['data']['sha256'][:12]}… -> [0-9a-f]{{12}}…\)",
+    ):
         sweep.run_sweep(spec, tmp_path / "w")
     assert sweep.run_sweep(spec, tmp_path / "w", overwrite=True)["settings"]["steps"] == 20
 
@@ -161,10 +175,19 @@ WORKER = textwrap.dedent("""
 
 
 def _worker(devices, workdir, stop_at=-1):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}  # fmt: skip
-    proc = subprocess.run([sys.executable, "-c", WORKER, str(workdir), str(stop_at)], env=env,
-                          capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", WORKER, str(workdir), str(stop_at)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout.split()
 
@@ -182,8 +205,13 @@ def test_resume_on_another_number_of_devices_equals_an_uninterrupted_run(tmp_pat
     for a, b in zip(_curves(tmp_path / "resumed"), _curves(tmp_path / "reference"), strict=True):
         assert a[:3] == b[:3]
         for metric, values in a[3].items():
-            np.testing.assert_allclose(np.array(values, float), np.array(b[3][metric], float),
-                                       rtol=1e-5, atol=1e-6, err_msg=f"{a[:3]} {metric}")  # fmt: skip
+            np.testing.assert_allclose(
+                np.array(values, float),
+                np.array(b[3][metric], float),
+                rtol=1e-5,
+                atol=1e-6,
+                err_msg=f"{a[:3]} {metric}",
+            )
 
 
 # ---------------------------------------------------------------- 5. write errors, temporaries
@@ -272,11 +300,22 @@ def test_cnn1d_needs_a_minimum_length():
 
 
 def _cli(*args, env=None):
-    tiny = ["--steps=10", "--eval_every=5", "--num_lrs=1", "--seeds=1", "--hidden=8",
-            "--batch_size=16"]  # fmt: skip
-    return subprocess.run([sys.executable, "-m", "experiments.sweep", *tiny, *args],
-                          capture_output=True, text=True, timeout=300, check=False,
-                          env={**os.environ, **(env or {})})  # fmt: skip
+    tiny = [
+        "--steps=10",
+        "--eval_every=5",
+        "--num_lrs=1",
+        "--seeds=1",
+        "--hidden=8",
+        "--batch_size=16",
+    ]
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.sweep", *tiny, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.mark.parametrize(
@@ -293,8 +332,11 @@ def _cli(*args, env=None):
 )
 def test_cli_inputs_that_used_to_be_tracebacks_exit_2(tmp_path, args, message):
     (tmp_path / "file").write_text("")
-    proc = _cli(f"--workdir={tmp_path / 'w'}", *args,
-                env={"SOFTCLS_CACHE": str(tmp_path / "file" / "cache")})  # fmt: skip
+    proc = _cli(
+        f"--workdir={tmp_path / 'w'}",
+        *args,
+        env={"SOFTCLS_CACHE": str(tmp_path / "file" / "cache")},
+    )
     assert proc.returncode == 2 and proc.stderr.startswith(message), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "w").exists()  # nothing written before every input is valid
@@ -302,8 +344,15 @@ def test_cli_inputs_that_used_to_be_tracebacks_exit_2(tmp_path, args, message):
 
 # ---------------------------------------------------------------- 7. kill -9 at random moments
 
-KILL_ARGS = ["--loss=ce,mse", "--num_lrs=3", "--seeds=2", "--steps=400", "--eval_every=20",
-             "--hidden=16", "--batch_size=32"]  # fmt: skip
+KILL_ARGS = [
+    "--loss=ce,mse",
+    "--num_lrs=3",
+    "--seeds=2",
+    "--steps=400",
+    "--eval_every=20",
+    "--hidden=16",
+    "--batch_size=32",
+]
 
 
 @pytest.mark.slow
@@ -312,8 +361,12 @@ def test_kill_9_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_pa
     work = tmp_path / "killed"
     sweep_cmd = [sys.executable, "-u", "-m", "experiments.sweep", *KILL_ARGS]
     for _ in range(5):
-        proc = subprocess.Popen([*sweep_cmd, f"--workdir={work}"], stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [*sweep_cmd, f"--workdir={work}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         lines = int(rng.integers(0, 4))  # after 0-3 progress lines (0: during start-up)...
         for line in proc.stdout:
             if line.startswith("[") and (lines := lines - 1) < 0:
@@ -325,11 +378,17 @@ def test_kill_9_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_pa
         if proc.poll() is None:  # it may have finished within the random delay: nothing to kill
             os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    done = subprocess.run([*sweep_cmd, f"--workdir={work}"], capture_output=True, text=True,
-                          timeout=600, check=False)  # fmt: skip
+    done = subprocess.run(
+        [*sweep_cmd, f"--workdir={work}"], capture_output=True, text=True, timeout=600, check=False
+    )
     assert done.returncode == 0, done.stderr
-    reference = subprocess.run([*sweep_cmd, f"--workdir={tmp_path / 'ref'}"],
-                               capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    reference = subprocess.run(
+        [*sweep_cmd, f"--workdir={tmp_path / 'ref'}"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert reference.returncode == 0, reference.stderr
     load = lambda w: _without_timing(json.loads((w / "results.json").read_text()))
     assert load(work) == load(tmp_path / "ref")

@@ -18,9 +18,23 @@ def test_bash_syntax(script):
 
 
 def test_tpu_vm_dry_run_prints_the_gcloud_commands():
-    proc = subprocess.run(["bash", str(LAUNCH / "tpu_vm.sh"), "--dry-run", "--name=t1", "--zone=us-west4-a",
-                           "--project=p", "--delete", "--", "--loss=all", "--seeds=4"],
-                          capture_output=True, text=True, check=True)  # fmt: skip
+    proc = subprocess.run(
+        [
+            "bash",
+            str(LAUNCH / "tpu_vm.sh"),
+            "--dry-run",
+            "--name=t1",
+            "--zone=us-west4-a",
+            "--project=p",
+            "--delete",
+            "--",
+            "--loss=all",
+            "--seeds=4",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("+ ")]
     assert lines[0].startswith(
         "+ gcloud compute tpus tpu-vm create t1 --zone=us-west4-a --accelerator-type=v5litepod-8"
@@ -50,8 +64,12 @@ def test_tpu_vm_needs_name_and_zone():
 
 
 def test_gpu_dry_run():
-    proc = subprocess.run(["bash", str(LAUNCH / "gpu.sh"), "--dry-run", "--loss=ce"], capture_output=True, text=True,
-                          check=True)  # fmt: skip
+    proc = subprocess.run(
+        ["bash", str(LAUNCH / "gpu.sh"), "--dry-run", "--loss=ce"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "jax[cuda12]" in proc.stdout
     assert "-m experiments.sweep --workdir=runs/gpu --loss=ce" in proc.stdout
 
@@ -66,13 +84,31 @@ def test_colab_notebook_is_valid_and_its_python_compiles():
 
 
 def test_colab_display_cell_runs_on_a_real_sweep(tmp_path):
-    subprocess.run([sys.executable, "-m", "experiments.sweep", "--loss=ce", "--num_lrs=2", "--seeds=1", "--steps=10",
-                    "--eval_every=5", "--hidden=8", f"--workdir={tmp_path}"], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.sweep",
+            "--loss=ce",
+            "--num_lrs=2",
+            "--seeds=1",
+            "--steps=10",
+            "--eval_every=5",
+            "--hidden=8",
+            f"--workdir={tmp_path}",
+        ],
+        check=True,
+        capture_output=True,
+    )
     nb = nbformat.read(LAUNCH / "colab.ipynb", as_version=4)
     cell = next(c.source for c in nb.cells if c.cell_type == "code" and "summary.md" in c.source)
     shown = []
-    stubs = {"WORKDIR": str(tmp_path), "display": shown.append, "Markdown": str,
-             "Image": lambda filename: pathlib.Path(filename).read_bytes()}  # fmt: skip
+    stubs = {
+        "WORKDIR": str(tmp_path),
+        "display": shown.append,
+        "Markdown": str,
+        "Image": lambda filename: pathlib.Path(filename).read_bytes(),
+    }
     source = cell.replace(
         "from IPython.display import Image, Markdown, display\n", ""
     )  # IPython not needed

@@ -105,8 +105,9 @@ def test_bad_model_settings(kwargs, message):
 def test_conv_matmul_equals_nnx_conv(kernel_size, strides, padding, shape):
     from flax import nnx
 
-    conv = nnx.Conv(shape[-1], 7, kernel_size=kernel_size, strides=strides, padding=padding,
-                    rngs=nnx.Rngs(0))  # fmt: skip
+    conv = nnx.Conv(
+        shape[-1], 7, kernel_size=kernel_size, strides=strides, padding=padding, rngs=nnx.Rngs(0)
+    )
     conv.bias[...] = jax.random.normal(jax.random.key(1), conv.bias[...].shape)
     x = jax.random.normal(jax.random.key(2), shape)
     np.testing.assert_allclose(models.conv_matmul(conv, x), conv(x), rtol=1e-5, atol=1e-5)
@@ -116,8 +117,9 @@ def test_conv_matmul_vmapped_over_kernels_equals_each_conv():
     # The engine's case: per-config kernels, one shared input (a wide matmul) or per-config inputs.
     from flax import nnx
 
-    conv = nnx.Conv(3, 5, kernel_size=(3, 3), strides=(2, 2), padding=[(1, 1)] * 2,
-                    rngs=nnx.Rngs(0))  # fmt: skip
+    conv = nnx.Conv(
+        3, 5, kernel_size=(3, 3), strides=(2, 2), padding=[(1, 1)] * 2, rngs=nnx.Rngs(0)
+    )
     graphdef, params = nnx.split(conv)
     stacked = jax.tree.map(
         lambda p: p + jax.random.normal(jax.random.key(3), (4, *p.shape)), params
@@ -126,10 +128,15 @@ def test_conv_matmul_vmapped_over_kernels_equals_each_conv():
     xs = jax.random.normal(jax.random.key(5), (4, 2, 8, 8, 3))
     fast = lambda p, x: models.conv_matmul(nnx.merge(graphdef, p), x)
     plain = lambda p, x: nnx.merge(graphdef, p)(x)
-    np.testing.assert_allclose(jax.vmap(fast, (0, None))(stacked, x),
-                               jax.vmap(plain, (0, None))(stacked, x), rtol=1e-5, atol=1e-5)  # fmt: skip
-    np.testing.assert_allclose(jax.vmap(fast)(stacked, xs), jax.vmap(plain)(stacked, xs),
-                               rtol=1e-5, atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        jax.vmap(fast, (0, None))(stacked, x),
+        jax.vmap(plain, (0, None))(stacked, x),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    np.testing.assert_allclose(
+        jax.vmap(fast)(stacked, xs), jax.vmap(plain)(stacked, xs), rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize(
@@ -148,8 +155,9 @@ def test_conv_fm_equals_nnx_conv_with_gradients(kernel_size, strides, padding, s
     # for one config and vmapped over per-config kernels with a shared or per-config input.
     from flax import nnx
 
-    conv = nnx.Conv(shape[-1], 7, kernel_size=kernel_size, strides=strides, padding=padding,
-                    rngs=nnx.Rngs(0))  # fmt: skip
+    conv = nnx.Conv(
+        shape[-1], 7, kernel_size=kernel_size, strides=strides, padding=padding, rngs=nnx.Rngs(0)
+    )
     graphdef, params = nnx.split(conv)
     stacked = jax.tree.map(
         lambda p: p + jax.random.normal(jax.random.key(3), (3, *p.shape)), params
@@ -164,8 +172,11 @@ def test_conv_fm_equals_nnx_conv_with_gradients(kernel_size, strides, padding, s
         a, b, rtol=1e-4, atol=1e-5 * (1 + float(jnp.max(jnp.abs(b))))
     )
     close(fast(params, x), plain(params, x))
-    for a, b in zip(jax.tree.leaves(jax.grad(loss(fast), (0, 1))(params, x)),
-                    jax.tree.leaves(jax.grad(loss(plain), (0, 1))(params, x)), strict=True):  # fmt: skip
+    for a, b in zip(
+        jax.tree.leaves(jax.grad(loss(fast), (0, 1))(params, x)),
+        jax.tree.leaves(jax.grad(loss(plain), (0, 1))(params, x)),
+        strict=True,
+    ):
         close(a, b)
     xs = jax.random.normal(jax.random.key(5), (3, *shape))
     for in_axes, xx in (((0, None), x), ((0, 0), xs)):
@@ -216,14 +227,32 @@ def _nnx_reference(model_name, **kwargs):
     ("name", "make_kwargs", "ref_kwargs", "shape"),
     [
         ("cnn1d", {"in_features": 40}, {"length": 40, "num_classes": 10}, (5, 40)),
-        ("cnn2d", {"in_features": 784, "image_shape": (28, 28, 1)},
-         {"image_shape": (28, 28, 1), "num_classes": 10}, (3, 784)),
-        ("cnn2d", {"in_features": 36 * 40 * 3, "image_shape": (36, 40, 3), "channels": (4, 5, 3),
-                   "hidden": (7,), "pool": "mean"},
-         {"image_shape": (36, 40, 3), "num_classes": 10, "channels": (4, 5, 3), "hidden": (7,),
-          "pool": "mean"}, (2, 36, 40, 3)),
+        (
+            "cnn2d",
+            {"in_features": 784, "image_shape": (28, 28, 1)},
+            {"image_shape": (28, 28, 1), "num_classes": 10},
+            (3, 784),
+        ),
+        (
+            "cnn2d",
+            {
+                "in_features": 36 * 40 * 3,
+                "image_shape": (36, 40, 3),
+                "channels": (4, 5, 3),
+                "hidden": (7,),
+                "pool": "mean",
+            },
+            {
+                "image_shape": (36, 40, 3),
+                "num_classes": 10,
+                "channels": (4, 5, 3),
+                "hidden": (7,),
+                "pool": "mean",
+            },
+            (2, 36, 40, 3),
+        ),
     ],
-)  # fmt: skip
+)
 def test_cnns_equal_their_nnx_conv_reference(name, make_kwargs, ref_kwargs, shape):
     # The fast path (im2col + matmul, reshape pooling) against nnx.Conv / nnx.max_pool on random
     # parameters (biases too): same parameter tree, same logits to float32 rounding, same gradients.
@@ -232,8 +261,9 @@ def test_cnns_equal_their_nnx_conv_reference(name, make_kwargs, ref_kwargs, shap
     p = model.init(jax.random.key(0))
     leaves, tree = jax.tree.flatten(p)
     keys = jax.random.split(jax.random.key(1), len(leaves))
-    p = jax.tree.unflatten(tree, [w + 0.1 * jax.random.normal(k, w.shape) for w, k in
-                                  zip(leaves, keys, strict=True)])  # fmt: skip
+    p = jax.tree.unflatten(
+        tree, [w + 0.1 * jax.random.normal(k, w.shape) for w, k in zip(leaves, keys, strict=True)]
+    )
     assert jax.tree.structure(p) == jax.tree.structure(reference.init(jax.random.key(0)))
     assert model.num_params == reference.num_params
     x = jax.random.normal(jax.random.key(2), shape)
@@ -303,12 +333,14 @@ def test_gru_equals_a_step_by_step_reference_and_has_the_papers_parameter_count(
     assert model.num_params == 5134  # the MNIST-1D notebook's GRUBase
     p = model.init(jax.random.key(8))
     bound = 1 / np.sqrt(6)
-    gate_weights = [p[g][d][w][...] for g in ("inputs", "recurrent") for d in (0, 1)
-                    for w in ("kernel", "bias")]  # fmt: skip
+    gate_weights = [
+        p[g][d][w][...] for g in ("inputs", "recurrent") for d in (0, 1) for w in ("kernel", "bias")
+    ]
     assert all(float(jnp.abs(w).max()) <= bound for w in gate_weights)  # PyTorch's ±1/√H
     x = np.asarray(jax.random.normal(jax.random.key(9), (7, 40)))
-    np.testing.assert_allclose(model.apply(p, x), _numpy_gru(p, x.astype(np.float64)),
-                               rtol=1e-4, atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        model.apply(p, x), _numpy_gru(p, x.astype(np.float64)), rtol=1e-4, atol=1e-5
+    )
     # the backward direction really reads the sequence reversed: reversing x changes the logits
     assert not np.allclose(model.apply(p, x[:, ::-1]), model.apply(p, x), atol=1e-3)
 
@@ -322,9 +354,11 @@ def test_gru_equals_torch_nn_gru():
         for d, suffix in enumerate(("", "_reverse")):
             for ours, theirs in (("inputs", "ih"), ("recurrent", "hh")):
                 getattr(gru, f"weight_{theirs}_l0{suffix}").copy_(
-                    torch.from_numpy(np.asarray(p[ours][d]["kernel"][...]).T.copy()))  # fmt: skip
+                    torch.from_numpy(np.asarray(p[ours][d]["kernel"][...]).T.copy())
+                )
                 getattr(gru, f"bias_{theirs}_l0{suffix}").copy_(
-                    torch.from_numpy(np.array(p[ours][d]["bias"][...])))  # fmt: skip
+                    torch.from_numpy(np.array(p[ours][d]["bias"][...]))
+                )
     x = np.asarray(jax.random.normal(jax.random.key(11), (5, 40)))
     with torch.no_grad():
         out, _ = gru(torch.from_numpy(x.copy())[..., None])

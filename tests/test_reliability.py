@@ -25,8 +25,12 @@ def _results_without_timing(workdir):
 
 def test_kill_9_mid_sweep_then_resume_equals_uninterrupted_run(tmp_path):
     interrupted, reference = tmp_path / "interrupted", tmp_path / "reference"
-    proc = subprocess.Popen([*SWEEP, *RESUME_ARGS, f"--workdir={interrupted}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [*SWEEP, *RESUME_ARGS, f"--workdir={interrupted}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     progress_lines = 0
     for line in proc.stdout:
         if line.startswith("["):
@@ -39,21 +43,38 @@ def test_kill_9_mid_sweep_then_resume_equals_uninterrupted_run(tmp_path):
     assert not (interrupted / "results.json").exists()
     assert (interrupted / checkpoint.FILENAME).exists()
 
-    resumed = subprocess.run([*SWEEP, *RESUME_ARGS, f"--workdir={interrupted}"],
-                             capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    resumed = subprocess.run(
+        [*SWEEP, *RESUME_ARGS, f"--workdir={interrupted}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert resumed.returncode == 0, resumed.stderr
     line = next(x for x in resumed.stdout.splitlines() if x.startswith("resuming"))
     step = int(line.rsplit(" ", 1)[1])
     assert 300 <= step < 1500, line  # resumed mid-sweep, not from scratch
 
-    uninterrupted = subprocess.run([*SWEEP, *RESUME_ARGS, f"--workdir={reference}"],
-                                   capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    uninterrupted = subprocess.run(
+        [*SWEEP, *RESUME_ARGS, f"--workdir={reference}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert uninterrupted.returncode == 0, uninterrupted.stderr
     assert _results_without_timing(interrupted) == _results_without_timing(reference)
 
 
-TINY = sweep.SweepSpec(losses=("ce",), learning_rates=(0.1,), seeds=(0,), hidden=(8,), steps=20,
-                       eval_every=10, batch_size=32)  # fmt: skip
+TINY = sweep.SweepSpec(
+    losses=("ce",),
+    learning_rates=(0.1,),
+    seeds=(0,),
+    hidden=(8,),
+    steps=20,
+    eval_every=10,
+    batch_size=32,
+)
 
 
 def test_workdir_with_other_settings_is_refused_unless_overwrite(tmp_path):
@@ -90,8 +111,12 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
 def test_checkpoint_round_trip(tmp_path):
     d = data.load("digits")
     m = models.make_model("mlp", d.num_features, d.num_classes, hidden=(8,))
-    trainer = engine.Trainer(m, d, engine.Layout(("ce", "mse"), (0.1, 0.2), (0, 1)),
-                                 engine.TrainSettings("adam", 20, 32, 10))  # fmt: skip
+    trainer = engine.Trainer(
+        m,
+        d,
+        engine.Layout(("ce", "mse"), (0.1, 0.2), (0, 1)),
+        engine.TrainSettings("adam", 20, 32, 10),
+    )
     state, history = trainer.train()
     checkpoint.save(tmp_path / "c", state, history)
     restored, restored_history = checkpoint.restore(tmp_path / "c", trainer.state_template())
@@ -131,9 +156,15 @@ def test_checked_mode_reports_bad_labels_inside_compiled_code():
 
 
 def test_stress_sweep_finishes_flags_divergence_and_writes_valid_results(tmp_path):
-    spec = sweep.SweepSpec(losses=("ce", "mse", "square"), learning_rates=(0.1, 10.0, 1e3),
-                           seeds=(0,), hidden=(32,), steps=60, eval_every=20,
-                           axes={"init_scale": (100.0,)})  # fmt: skip
+    spec = sweep.SweepSpec(
+        losses=("ce", "mse", "square"),
+        learning_rates=(0.1, 10.0, 1e3),
+        seeds=(0,),
+        hidden=(32,),
+        steps=60,
+        eval_every=20,
+        axes={"init_scale": (100.0,)},
+    )
     sweep.run_sweep(spec, tmp_path)
     text = (tmp_path / "results.json").read_text()
     document = json.loads(text)  # strict JSON: NaN was written as null

@@ -14,8 +14,13 @@ from softcls_jax import data, results, sweep
 
 
 def _record(lr, seed, val, test, val_nll=0.5):
-    final = {"val_accuracy": val, "val_nll": val_nll, "test_accuracy": test, "test_nll": 0.3,
-             "test_ece": 0.01}  # fmt: skip
+    final = {
+        "val_accuracy": val,
+        "val_nll": val_nll,
+        "test_accuracy": test,
+        "test_nll": 0.3,
+        "test_ece": 0.01,
+    }
     return {"loss": "ce", "learning_rate": lr, "seed": seed, "diverged": False, "final": final}
 
 
@@ -31,23 +36,35 @@ def test_selection_reads_validation_never_test():
 
 
 def test_selection_ties_go_to_lower_nll_then_smaller_rate():
-    records = [_record(0.3, 0, 0.9, 0.5, val_nll=0.4), _record(0.1, 0, 0.9, 0.5, val_nll=0.4),
-               _record(1.0, 0, 0.9, 0.5, val_nll=0.2)]  # fmt: skip
+    records = [
+        _record(0.3, 0, 0.9, 0.5, val_nll=0.4),
+        _record(0.1, 0, 0.9, 0.5, val_nll=0.4),
+        _record(1.0, 0, 0.9, 0.5, val_nll=0.2),
+    ]
     assert results.best_per_loss(records)[0]["learning_rate"] == 1.0
     records[2]["final"]["val_nll"] = 0.4
     assert results.best_per_loss(records)[0]["learning_rate"] == 0.1
 
 
 def test_default_sweep_selects_on_validation(tmp_path):
-    spec = sweep.SweepSpec(losses=("ce", "mse"), learning_rates=(0.03, 0.3), seeds=(0, 1),
-                           hidden=(8,), steps=40, eval_every=20, batch_size=32)  # fmt: skip
+    spec = sweep.SweepSpec(
+        losses=("ce", "mse"),
+        learning_rates=(0.03, 0.3),
+        seeds=(0, 1),
+        hidden=(8,),
+        steps=40,
+        eval_every=20,
+        batch_size=32,
+    )
     document = sweep.run_sweep(spec, tmp_path, tensorboard=False)
     chosen = document["selection"]
     assert chosen["on"] == "val" and len(chosen["per_loss"]) == 2
     for b in chosen["per_loss"]:
         runs = [c for c in document["configs"] if c["loss"] == b["loss"]]
-        by_lr = {lr: np.mean([c["final"]["val_accuracy"] for c in runs if c["learning_rate"] == lr])
-                 for lr in (0.03, 0.3)}  # fmt: skip
+        by_lr = {
+            lr: np.mean([c["final"]["val_accuracy"] for c in runs if c["learning_rate"] == lr])
+            for lr in (0.03, 0.3)
+        }
         assert b["learning_rate"] == max(by_lr, key=by_lr.get)
     curves = document["configs"][0]["curves"]
     assert len(curves["val_accuracy"]) == len(curves["step"]) and None not in curves["val_nll"]
@@ -56,9 +73,23 @@ def test_default_sweep_selects_on_validation(tmp_path):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "experiments.sweep", "--num_lrs=2", "--seeds=1",
-                           "--steps=20", "--eval_every=10", "--hidden=8", *args],
-                          capture_output=True, text=True, check=False, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.sweep",
+            "--num_lrs=2",
+            "--seeds=1",
+            "--steps=20",
+            "--eval_every=10",
+            "--hidden=8",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
 
 
 def test_selecting_on_test_needs_saying_so_and_is_flagged(tmp_path):
@@ -76,16 +107,18 @@ def test_selecting_on_test_needs_saying_so_and_is_flagged(tmp_path):
 
 
 def test_large_raw_features_train_like_standardised_logistic_regression(tmp_path):
-    x, y = make_classification(n_samples=900, n_features=12, n_informative=6, n_classes=3,
-                               random_state=0)  # fmt: skip
+    x, y = make_classification(
+        n_samples=900, n_features=12, n_informative=6, n_classes=3, random_state=0
+    )
     x = 300.0 * x + 1000.0  # features in the hundreds to thousands, as raw tabular data often is
     path = tmp_path / "tabular.npz"
     np.savez(path, x_train=x[:700], y_train=y[:700], x_test=x[700:], y_test=y[700:])
     scaler = StandardScaler().fit(x[:700])
     reference = LogisticRegression(max_iter=5000).fit(scaler.transform(x[:700]), y[:700])
     reference_acc = reference.score(scaler.transform(x[700:]), y[700:])
-    spec = sweep.SweepSpec(dataset=f"npz:{path}", losses=("ce",), seeds=(0,), steps=600,
-                           eval_every=300, batch_size=64)  # fmt: skip
+    spec = sweep.SweepSpec(
+        dataset=f"npz:{path}", losses=("ce",), seeds=(0,), steps=600, eval_every=300, batch_size=64
+    )
     document = sweep.run_sweep(spec, tmp_path / "w", tensorboard=False)
     chosen = document["selection"]["per_loss"][0]
     assert chosen["test_accuracy"] >= reference_acc - 0.03, (chosen, reference_acc)

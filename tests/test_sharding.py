@@ -12,8 +12,14 @@ def _run_with_devices(n: int, module: str) -> dict:
         "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}",
         "JAX_PLATFORMS": "cpu",
     }
-    proc = subprocess.run([sys.executable, "-m", module], capture_output=True, text=True, env=env,
-                          check=False, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", module],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)
 
@@ -79,8 +85,14 @@ def test_two_local_processes_run_one_sweep_like_a_single_process(tmp_path):
         assert p.returncode == 0, err[-3000:]
     assert "[60/60]" in outputs[0][0] and "[60/60]" not in outputs[1][0]  # process 0 alone reports
     single_env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-    single = subprocess.run([sys.executable, "-m", "experiments.sweep", *ARGS, f"--workdir={tmp_path / 'single'}"],
-                            env=single_env, capture_output=True, text=True, check=False, timeout=600)  # fmt: skip
+    single = subprocess.run(
+        [sys.executable, "-m", "experiments.sweep", *ARGS, f"--workdir={tmp_path / 'single'}"],
+        env=single_env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     multi_doc = json.loads((tmp_path / "multi" / "results.json").read_text())
     single_doc = json.loads((tmp_path / "single" / "results.json").read_text())

@@ -21,8 +21,12 @@ TINY = [
 def _cli(*args, cwd=None):
     return subprocess.run(
         [sys.executable, "-m", "experiments.sweep", *args],
-        capture_output=True, text=True, check=False, cwd=cwd, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 def test_cli_writes_every_output(tmp_path):
@@ -101,15 +105,38 @@ def test_cli_unwritable_workdir(tmp_path):
 
 def test_help_explains_every_flag():
     proc = _cli("--helpshort")
-    for flag in ("loss", "dataset", "model", "hidden", "activation", "optimizer", "lrs", "lr_min",
-                 "lr_max", "num_lrs", "seeds", "steps", "batch_size", "eval_every", "init_scale",
-                 "label_noise", "workdir"):  # fmt: skip
+    for flag in (
+        "loss",
+        "dataset",
+        "model",
+        "hidden",
+        "activation",
+        "optimizer",
+        "lrs",
+        "lr_min",
+        "lr_max",
+        "num_lrs",
+        "seeds",
+        "steps",
+        "batch_size",
+        "eval_every",
+        "init_scale",
+        "label_noise",
+        "workdir",
+    ):
         assert f"--{flag}" in proc.stdout, flag
 
 
 def test_same_command_twice_gives_identical_results(tmp_path):
-    spec = sweep.SweepSpec(losses=("ce", "square"), learning_rates=(0.05, 0.5), seeds=(0, 1),
-                           hidden=(8,), steps=20, eval_every=10, batch_size=32)  # fmt: skip
+    spec = sweep.SweepSpec(
+        losses=("ce", "square"),
+        learning_rates=(0.05, 0.5),
+        seeds=(0, 1),
+        hidden=(8,),
+        steps=20,
+        eval_every=10,
+        batch_size=32,
+    )
     sweep.run_sweep(spec, tmp_path / "a")
     sweep.run_sweep(spec, tmp_path / "b")
     first, second = (json.loads((tmp_path / d / "results.json").read_text()) for d in "ab")

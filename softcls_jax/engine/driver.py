@@ -109,17 +109,32 @@ class Trainer:
             for name in self.layout.loss_names
         )
         self.program = step.Program(
-            model=model, losses=tuple(_loss_fn(loss) for loss in layout.losses),
-            loss_hparams=loss_hparams, optimizer=make_optimizer(settings.optimizer, set(axes)),
-            axis_names=self.layout.axis_names, num_seeds=len(layout.seeds),
-            group_size=self.layout.group_size, num_blocks=self.layout.num_blocks,
-            batch_size=settings.batch_size, total_steps=settings.steps, schedule=settings.schedule,
-            num_classes=dataset.num_classes, checked=settings.checked, mesh=self.mesh,
-        )  # fmt: skip
+            model=model,
+            losses=tuple(_loss_fn(loss) for loss in layout.losses),
+            loss_hparams=loss_hparams,
+            optimizer=make_optimizer(settings.optimizer, set(axes)),
+            axis_names=self.layout.axis_names,
+            num_seeds=len(layout.seeds),
+            group_size=self.layout.group_size,
+            num_blocks=self.layout.num_blocks,
+            batch_size=settings.batch_size,
+            total_steps=settings.steps,
+            schedule=settings.schedule,
+            num_classes=dataset.num_classes,
+            checked=settings.checked,
+            mesh=self.mesh,
+        )
         levels = tuple(axes.get("label_noise", (0.0,)))
         noisy = [with_label_noise(dataset, lvl, seed=settings.data_seed).y_train for lvl in levels]
-        arrays = (dataset.x_train, np.stack(noisy), dataset.x_test, dataset.y_test,
-                  np.asarray(levels, np.float32), dataset.x_val, dataset.y_val)  # fmt: skip
+        arrays = (
+            dataset.x_train,
+            np.stack(noisy),
+            dataset.x_test,
+            dataset.y_test,
+            np.asarray(levels, np.float32),
+            dataset.x_val,
+            dataset.y_val,
+        )
         self.data = Data(*(None if a is None else self._replicate(a) for a in arrays))
         seeds = jnp.asarray(layout.seeds, jnp.uint32)
         key = lambda i: self._replicate(
@@ -178,22 +193,26 @@ class Trainer:
         ``(S, K, ...)``. It does not depend on the devices, so a checkpoint of it resumes on any
         number of them (:meth:`device_state` pads it again)."""
         real = self.layout.real_k
-        return jax.tree.map(lambda a: np.asarray(a)[:, real] if np.ndim(a) >= 2 else np.asarray(a),
-                            self.host_state(state))  # fmt: skip
+        return jax.tree.map(
+            lambda a: np.asarray(a)[:, real] if np.ndim(a) >= 2 else np.asarray(a),
+            self.host_state(state),
+        )
 
     def portable_template(self) -> GridState:
         """Shapes and dtypes of :meth:`portable_state` (the real configs only)."""
         k = len(self.layout.real_k)
-        cut = lambda a: jax.ShapeDtypeStruct((a.shape[0], k, *a.shape[2:]) if a.ndim >= 2
-                                             else a.shape, a.dtype)  # fmt: skip
+        cut = lambda a: jax.ShapeDtypeStruct(
+            (a.shape[0], k, *a.shape[2:]) if a.ndim >= 2 else a.shape, a.dtype
+        )
         return jax.tree.map(cut, self.state_template())
 
     def padded_k(self) -> np.ndarray:
         """``(K',)``: the real config each padded position copies (itself for a real one; padding
         repeats the last combination of its loss group, as :meth:`Layout.hparams` does)."""
         r, rp = len(self.layout.combos()), self.layout.group_size
-        return np.array([g * r + min(i, r - 1) for g in range(len(self.layout.losses))
-                         for i in range(rp)])  # fmt: skip
+        return np.array(
+            [g * r + min(i, r - 1) for g in range(len(self.layout.losses)) for i in range(rp)]
+        )
 
     def device_state(self, host: GridState) -> GridState:
         """Puts a host state on the devices, sharded like ``init_state``.
@@ -266,8 +285,9 @@ class Trainer:
 
     def real_params(self, state: GridState) -> Any:
         """The parameters of the real configs as host arrays, leaves ``(S, K, ...)``."""
-        return jax.tree.map(lambda x: np.asarray(x)[:, self.layout.real_k],
-                            self.host_state(state).params)  # fmt: skip
+        return jax.tree.map(
+            lambda x: np.asarray(x)[:, self.layout.real_k], self.host_state(state).params
+        )
 
     def diverged_steps(self, state: GridState) -> np.ndarray:
         """``(S, K)`` int array: the step at which each config diverged, -1 if it did not."""

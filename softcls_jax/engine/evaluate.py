@@ -86,8 +86,11 @@ def evaluate(program: Program, state: GridState, data: Data, loss_ids: Array) ->
             lambda o, y, hp, fn=fn, extra=extra: fn(o, y, **{kw: hp[a] for a, kw in extra})
             for fn, extra in zip(program.losses, program.loss_hparams, strict=True)
         ]
-        own_loss = (branches[0](test_logits, data.y_test, hp) if len(branches) == 1
-                    else jax.lax.switch(loss_id, branches, test_logits, data.y_test, hp))  # fmt: skip
+        own_loss = (
+            branches[0](test_logits, data.y_test, hp)
+            if len(branches) == 1
+            else jax.lax.switch(loss_id, branches, test_logits, data.y_test, hp)
+        )
         y_train = data.y_train[0]
         if data.y_train.shape[0] > 1:
             y_train = data.y_train[label_row(hp["label_noise"], data.noise_levels)]
@@ -118,8 +121,11 @@ def evaluate(program: Program, state: GridState, data: Data, loss_ids: Array) ->
     # the budget is read here, not bound as a default, so that it can be changed (tests do)
     size = config_block(s * k, ends[-1] * program.num_classes * 4, EVAL_LOGITS_BYTES)
     blocks = lambda x: x.reshape(s * k // size, size, *x.shape[2:])
-    args = (jax.tree.map(blocks, state.params), blocks(jnp.tile(loss_ids, s)),
-            jax.tree.map(blocks, state.hparams))  # fmt: skip
+    args = (
+        jax.tree.map(blocks, state.params),
+        blocks(jnp.tile(loss_ids, s)),
+        jax.tree.map(blocks, state.hparams),
+    )
     out = {name: v.reshape(s, k) for name, v in jax.lax.map(block, args).items()}
     alive = state.diverged_at < 0
     return constrain(program, {n: jnp.where(alive, v, jnp.nan) for n, v in out.items()}, True)

@@ -69,27 +69,66 @@ class Axis:
 AXES: dict[str, Axis] = {
     a.name: a
     for a in (
-        Axis("learning_rate", None, "a finite number > 0", lambda v: v > 0,
-             "base learning rate"),
-        Axis("weight_decay", 0.0, "a finite number >= 0", lambda v: v >= 0,
-             "decoupled weight decay λ, as optax.add_decayed_weights: u ← u + λ·w, then × −lr"),
-        Axis("momentum", None, "a number in [0, 1)", lambda v: 0 <= v < 1,
-             "SGD momentum (optax.trace decay) or Adam's b1; default 0 for sgd, 0.9 for momentum "
-             "and adam"),
-        Axis("label_smoothing", 0.0, "a fraction in [0, 1]", lambda v: 0 <= v <= 1,
-             "α: training targets (1 − α)·one_hot(y) + α/C"),
-        Axis("init_scale", 1.0, "a finite number > 0", lambda v: v > 0,
-             "multiplies every initial kernel (biases stay 0); large values start confidently wrong"),
-        Axis("k", 1.0, "a finite number > 0", lambda v: v > 0,
-             "square loss: weight of the true class (Hui & Belkin)"),
-        Axis("M", 1.0, "a finite number > 0", lambda v: v > 0,
-             "square loss: target of the true class's logit (Hui & Belkin)"),
-        Axis("warmup_steps", 0.0, "an integer >= 0", lambda v: v >= 0 and v == int(v),
-             "linear warm-up of the learning rate from 0 over this many steps"),
-        Axis("label_noise", 0.0, "a fraction in [0, 1)", lambda v: 0 <= v < 1,
-             "fraction of training labels flipped to another class (seeded by the data seed)"),
+        Axis("learning_rate", None, "a finite number > 0", lambda v: v > 0, "base learning rate"),
+        Axis(
+            "weight_decay",
+            0.0,
+            "a finite number >= 0",
+            lambda v: v >= 0,
+            "decoupled weight decay λ, as optax.add_decayed_weights: u ← u + λ·w, then × −lr",
+        ),
+        Axis(
+            "momentum",
+            None,
+            "a number in [0, 1)",
+            lambda v: 0 <= v < 1,
+            "SGD momentum (optax.trace decay) or Adam's b1; default 0 for sgd, 0.9 for momentum "
+            "and adam",
+        ),
+        Axis(
+            "label_smoothing",
+            0.0,
+            "a fraction in [0, 1]",
+            lambda v: 0 <= v <= 1,
+            "α: training targets (1 − α)·one_hot(y) + α/C",
+        ),
+        Axis(
+            "init_scale",
+            1.0,
+            "a finite number > 0",
+            lambda v: v > 0,
+            "multiplies every initial kernel (biases stay 0); large values start confidently wrong",
+        ),
+        Axis(
+            "k",
+            1.0,
+            "a finite number > 0",
+            lambda v: v > 0,
+            "square loss: weight of the true class (Hui & Belkin)",
+        ),
+        Axis(
+            "M",
+            1.0,
+            "a finite number > 0",
+            lambda v: v > 0,
+            "square loss: target of the true class's logit (Hui & Belkin)",
+        ),
+        Axis(
+            "warmup_steps",
+            0.0,
+            "an integer >= 0",
+            lambda v: v >= 0 and v == int(v),
+            "linear warm-up of the learning rate from 0 over this many steps",
+        ),
+        Axis(
+            "label_noise",
+            0.0,
+            "a fraction in [0, 1)",
+            lambda v: 0 <= v < 1,
+            "fraction of training labels flipped to another class (seeded by the data seed)",
+        ),
     )
-}  # fmt: skip
+}
 LOSS_AXES = ("k", "M")  # axes only the square loss reads
 
 
@@ -165,8 +204,11 @@ class Layout:
                 get_loss(loss)
             elif not callable(loss):
                 raise ValueError(f"a loss is a registry name or a function, got {loss!r}")
-        checked = [("losses", tuple(names)), ("learning rates", self.learning_rates),
-                   ("seeds", self.seeds)] + [(f"{n} values", v) for n, v in axes]  # fmt: skip
+        checked = [
+            ("losses", tuple(names)),
+            ("learning rates", self.learning_rates),
+            ("seeds", self.seeds),
+        ] + [(f"{n} values", v) for n, v in axes]
         for what, values in checked:
             if not values:
                 raise ValueError(f"a grid needs at least one of {what}")
@@ -214,8 +256,10 @@ class Layout:
 
     @property
     def axis_values(self) -> tuple[tuple[float, ...], ...]:
-        return (tuple(map(float, self.learning_rates)),
-                *(tuple(map(float, v)) for _, v in self.axes))  # fmt: skip
+        return (
+            tuple(map(float, self.learning_rates)),
+            *(tuple(map(float, v)) for _, v in self.axes),
+        )
 
     def combos(self) -> list[tuple[float, ...]]:
         """The ``R`` combinations of axis values, row-major in :attr:`axis_names`."""

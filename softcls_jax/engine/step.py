@@ -199,8 +199,9 @@ def update(
 ) -> tuple[Any, Any, Array, Array]:
     """One config's optimizer update with its scheduled learning rate; ``finite``: whether its
     gradient norm is finite."""
-    factor = schedule_factor(program.schedule, step, program.total_steps,
-                             hparams.get("warmup_steps"))  # fmt: skip
+    factor = schedule_factor(
+        program.schedule, step, program.total_steps, hparams.get("warmup_steps")
+    )
     updates, new_opt_state = program.optimizer.update(
         grads, opt_state, params, hparams, hparams["learning_rate"] * factor
     )
@@ -210,9 +211,14 @@ def update(
 
 
 def seed_step(
-    program: Program, params: Any, opt_state: Any, hparams: dict[str, Array], step: Array,
-    xb: Array, yb: Array,
-) -> tuple[Any, Any, Array, Array, Array]:  # fmt: skip
+    program: Program,
+    params: Any,
+    opt_state: Any,
+    hparams: dict[str, Array],
+    step: Array,
+    xb: Array,
+    yb: Array,
+) -> tuple[Any, Any, Array, Array, Array]:
     """One optimizer step of the ``K`` configs of one seed on their shared minibatch.
 
     Args:
@@ -322,11 +328,14 @@ def chunk(
         blocked = jax.tree.map(lambda x: to_blocks(program, x), (carry, state.hparams))
         carry, outputs = jax.lax.map(train, blocked)
         carry = jax.tree.map(lambda x: from_blocks(program, x), carry)
-        loss, grad_norm = (jnp.moveaxis(from_blocks(program, jnp.moveaxis(x, 1, -1)), -1, 0)
-                           for x in outputs)  # fmt: skip
+        loss, grad_norm = (
+            jnp.moveaxis(from_blocks(program, jnp.moveaxis(x, 1, -1)), -1, 0) for x in outputs
+        )
     params, opt_state, diverged_at = carry
     new_state = GridState(params, opt_state, state.hparams, diverged_at, state.step + num_steps)
     alive = diverged_at < 0
-    out = {"train_loss": jnp.where(alive, jnp.mean(loss, axis=0), jnp.nan),
-           "grad_norm": jnp.where(alive, jnp.mean(grad_norm, axis=0), jnp.nan)}  # fmt: skip
+    out = {
+        "train_loss": jnp.where(alive, jnp.mean(loss, axis=0), jnp.nan),
+        "grad_norm": jnp.where(alive, jnp.mean(grad_norm, axis=0), jnp.nan),
+    }
     return constrain(program, new_state), constrain(program, out, replicated=True)
