@@ -22,6 +22,7 @@ import zlib
 import jax
 import numpy as np
 
+from softcls_jax import images
 from softcls_jax.files import atomic_write, writable_dir
 from softcls_jax.labels import corrupt_labels
 
@@ -43,7 +44,7 @@ class Dataset:
       x_val, y_val: a validation split held out of the training data (:func:`with_validation`),
         or None. Selection (learning rates, any hyperparameter) looks at it, never at the test set.
       image_shape: ``(H, W, C)`` when each row of ``x`` is an image flattened row-major (HWC), as
-        the image loaders of :mod:`softcls_jax.images` set it; None otherwise.
+        :func:`from_images` sets it; None otherwise.
     """
 
     name: str
@@ -359,10 +360,8 @@ def load(name: str, seed: int = 0) -> Dataset:
         return load_blobs(seed)
     if name.startswith("npz:") and len(name) > 4:
         return load_npz(name[4:])
-    if name == "mnist5k" or name.startswith(("idx:", "cifar10:")):  # images: softcls_jax.images
-        from softcls_jax import images
-
-        return images.load(name)
+    if name == "mnist5k" or name.startswith(("idx:", "cifar10:")):
+        return from_images(images.read(name))
     raise ValueError(f"unknown dataset {name!r}; expected one of {list(DATASETS)}")
 
 
@@ -440,6 +439,27 @@ def permuted_features(dataset: Dataset, order: np.ndarray) -> Dataset:
     return dataclasses.replace(
         dataset, x_train=fix(dataset.x_train), x_val=fix(dataset.x_val), x_test=fix(dataset.x_test)
     )
+
+
+def from_images(arrays: images.ImageArrays) -> Dataset:
+    """A validated :class:`Dataset` from uint8 images ``(N, H, W, C)`` read by
+    :mod:`softcls_jax.images`.
+
+    ``x ← (x / 255 − μ_c) / σ_c`` with the per-channel mean ``μ_c`` and standard deviation ``σ_c``
+    of the training images (``σ_c = 0`` → 1; one ``μ_c, σ_c`` per colour channel, so the images keep
+    their spatial structure); rows flattened row-major in ``(H, W, C)`` order, which
+    :attr:`Dataset.image_shape` records.
+    """
+    scale = lambda x: x.astype(np.float32) / 255.0
+    train, test = scale(arrays.x_train), scale(arrays.x_test)
+    mean = train.mean(axis=(0, 1, 2), dtype=np.float64)
+    std = train.std(axis=(0, 1, 2), dtype=np.float64)
+    std = np.where(std > 0, std, 1.0)
+    norm = lambda x: ((x - mean) / std).astype(np.float32).reshape(x.shape[0], -1)
+    dataset = validate(
+        arrays.name, norm(train), arrays.y_train, norm(test), arrays.y_test, arrays.num_classes
+    )
+    return dataclasses.replace(dataset, image_shape=arrays.image_shape)
 
 
 def standardized(dataset: Dataset) -> Dataset:

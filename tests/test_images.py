@@ -175,3 +175,36 @@ def test_cnn2d_takes_the_image_shape_from_the_data_set(tmp_path):
     assert e.value.setting == "model"
     # with the shape given, the flat digits work too
     assert models.make_model("cnn2d", 64, 10, image_shape=(8, 8, 1), channels=(4,)).num_params > 0
+
+
+def _imported_modules(module) -> set[str]:
+    """Every module a source file imports, at any depth of its code (function bodies included)."""
+    import ast
+    import inspect
+
+    names = set()
+    for node in ast.walk(ast.parse(inspect.getsource(module))):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            names |= {f"{node.module}.{a.name}" for a in node.names} | {node.module}
+    return names
+
+
+def test_images_never_imports_data():
+    """One direction between the data modules: data wraps images' arrays, images reads files only."""
+    assert not {n for n in _imported_modules(images) if n.startswith("softcls_jax")}
+    assert "softcls_jax.images" in _imported_modules(data)
+
+
+def test_from_images_standardises_per_channel():
+    rng = np.random.default_rng(0)
+    x_train = rng.integers(0, 256, (6, 2, 3, 2), dtype=np.uint8)
+    x_test = rng.integers(0, 256, (3, 2, 3, 2), dtype=np.uint8)
+    raw = images.ImageArrays("toy", x_train, np.arange(6) % 2, x_test, np.array([0, 1, 1]), 2)
+    d = data.from_images(raw)
+    train = x_train / 255.0
+    mean, std = train.mean(axis=(0, 1, 2)), train.std(axis=(0, 1, 2))
+    want = ((x_test / 255.0 - mean) / std).reshape(3, -1)
+    np.testing.assert_allclose(d.x_test, want, rtol=1e-6)
+    assert d.image_shape == (2, 3, 2) and d.x_train.dtype == np.float32
