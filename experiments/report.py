@@ -1,7 +1,7 @@
 r"""Runs every experiment and gathers their figures and numbers into one report.md.
 
-  python -m experiments.report                          # full settings (~15 minutes on 2 CPU cores)
-  python -m experiments.report --fast                   # a quick look (a couple of minutes)
+  python -m experiments.report                          # full settings
+  python -m experiments.report --fast                   # a quick look
   python -m experiments.report --publish=docs/report    # full settings, then update the docs
 
 Each experiment runs as its own process (``python -m experiments.NAME``) into a folder of --workdir

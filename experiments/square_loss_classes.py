@@ -1,6 +1,6 @@
 r"""Square loss as the number of classes grows: CE vs plain vs rescaled square loss (Hui & Belkin).
 
-  python -m experiments.square_loss_classes                       # C = 10, 100, 1000 (~3 min)
+  python -m experiments.square_loss_classes                       # C = 10, 100, 1000
   python -m experiments.square_loss_classes --classes=10,100 --steps=500 --workdir=runs/sq
 
 Plain square loss falls behind CE as the number of classes C grows (Demirkaya et al. 2020); Hui &

@@ -14,9 +14,9 @@ Models (claim C2: ``y = b' + W' σ(b + W x)``, one logit per class, no output ac
 
 The convolutions run as im2col + matmul with ``nnx.Conv``'s parameters, on feature-major activations
 ``(C, *S, N)`` (:func:`conv_fm`; :func:`conv_matmul` is the channels-last form): under the engine's
-``vmap`` over configs a ``lax.conv`` becomes a grouped convolution, which XLA:CPU runs about 8×
-slower than the batched matmuls im2col gives (8 configs of ``cnn1d``, Adam, batch 100), and with the
-examples as the minor axis the patches are copied in long contiguous runs.
+``vmap`` over configs a ``lax.conv`` becomes a grouped convolution, which XLA:CPU runs far slower
+than the batched matmuls im2col gives (docs/performance.md), and with the examples as the minor axis
+the patches are copied in long contiguous runs.
 """
 
 from __future__ import annotations
@@ -57,8 +57,7 @@ def _dense_feature_major(layer: nnx.Linear, h: Array) -> Array:
     Why feature-major: the engine maps a model over many configs that share one minibatch. With
     ``(N, features)`` activations the output layer becomes a batch of ``(N, H) x (H, C)`` products whose
     narrow ``C`` (10 classes) is the vectorised dimension; with ``(features, N)`` every product has the
-    batch ``N`` there instead. Same math; the reference step (16 configs, CPU) ran ~30 % faster in a
-    micro-benchmark.
+    batch ``N`` there instead. Same math, a faster step (docs/performance.md).
     """
     return jnp.einsum("io,in->on", layer.kernel[...], h) + layer.bias[...][:, None]
 
@@ -222,7 +221,7 @@ def _windows(
     x: Array, kernel_size: tuple[int, ...], strides: tuple[int, ...], out: tuple[int, ...]
 ) -> Array:
     """:func:`_window_slices` as one gather with constant indices. XLA:CPU runs it as one copy
-    loop; the 25 slices and the stack of the 5×5 windows were 26 passes, about twice the time."""
+    loop; the 25 slices and the stack of the 5×5 windows would be 26 passes over the data."""
     size = x.shape[1:-1]
     grids = np.meshgrid(
         *(np.arange(m) * s for m, s in zip(out, strides, strict=True)), indexing="ij"
@@ -262,8 +261,8 @@ def conv_patches_fm(
     ran at a fraction of the memory bandwidth.
     """
     x, out = _padded(x, kernel_size, strides, padding)
-    # (C, prod(k)·prod(out), N). Many windows (cnn2d's 5×5): one gather; few (cnn1d's 3 or 5):
-    # slices, which measured faster there (8 configs of 32 per block, 1.4× on the whole step).
+    # (C, prod(k)·prod(out), N). Many windows (cnn2d's 5×5): one gather, one pass instead of one
+    # per window; few (cnn1d's 3 or 5): slices, which XLA fuses better (docs/performance.md).
     gather = _windows if math.prod(kernel_size) >= 9 else _window_slices
     patches = gather(x, tuple(kernel_size), tuple(strides), out)
     return patches.reshape(x.shape[0] * math.prod(kernel_size), -1), list(out)

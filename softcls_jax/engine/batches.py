@@ -26,7 +26,7 @@ def batch_indices(
     data_key: Array, first_step: Array, num_steps: int, num_train: int, batch_size: int
 ) -> Array:
     """:func:`batch_index` for ``num_steps`` steps: ``(num_steps, B)``, one permutation per epoch
-    the chunk touches instead of one per step (the sort was ~14 % of a step)."""
+    the chunk touches instead of one per step, so the sort leaves the training step."""
     per_epoch = num_train // batch_size
     first_epoch = first_step // per_epoch
     num_epochs = (num_steps - 1) // per_epoch + 2  # static bound on the epochs a chunk touches

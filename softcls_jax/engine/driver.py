@@ -30,10 +30,10 @@ from softcls_jax.labels import check_labels
 from softcls_jax.models import Model
 from softcls_jax.optim import make_optimizer
 
-CPU_BLOCK = 64  # configs per cache block on CPU: the best throughput of G = 16 … 1024 (ref. MLP)
-# Models whose best CPU block is smaller: cnn1d's activations and patches (~0.5 MB per config at
-# batch 100) overflow the caches at 64 configs; 8 per block ran 1.16x (G = 32) and 1.48x (G = 128)
-# faster than 64. cnn2d (~10 MB per config) measured the same at 4 … 64.
+# Configs per cache block on CPU, chosen by measurement (docs/performance.md): a block's parameters
+# and activations should stay in cache for the whole chunk. cnn1d's per-config activations are
+# larger than the MLP's, so fewer of them fit a block.
+CPU_BLOCK = 64
 MODEL_CPU_BLOCKS = {"cnn1d": 8}
 
 
@@ -236,8 +236,8 @@ class Trainer:
 
         ``llvm_level``: a program that runs once per sweep or chunk and does little work (the init,
         the minibatch indices) is compiled by XLA:CPU at this LLVM level, not -O2, since its compile
-        is most of its cost: the init at -O1 (a third of the compile time; -O0 changes float
-        rounding), the integer-only indices at -O0. The results are bitwise the same (tested).
+        is most of its cost: the init at -O1 (-O0 changes float rounding), the integer-only indices
+        at -O0. The results are bitwise the same (tested).
         """
         if key not in self._compiled:
             jax.block_until_ready(args)  # or the timer would also count a chunk still running

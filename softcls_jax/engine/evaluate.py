@@ -30,8 +30,8 @@ def grid_logits(
     for a CNN's im2col that is ``k²`` copies of each feature map (gigabytes for 60,000 MNIST
     images). Why equal ones (``x`` zero-padded to a multiple, the padding's outputs dropped): the
     program holds one copy of the forward pass, whatever ``N``, so it compiles once; aligned ones:
-    the examples are the minor axis of the CNNs' activations, and unaligned rows were measured
-    slower. Why the examples loop outside the configs loop: inside it, whatever of the forward pass
+    the examples are the minor axis of the CNNs' activations, where unaligned rows run slower.
+    Why the examples loop outside the configs loop: inside it, whatever of the forward pass
     depends on the examples alone (the first conv's patches of the shared input) is computed once
     per chunk for all configs, not once per config. ``apply`` must treat examples independently
     (every model here).

@@ -9,7 +9,7 @@ One step of the ``K`` configs of a seed is one forward and one backward pass: th
 over the configs with the seed's minibatch *shared*, so the first layer of all configs is one wide
 matmul; the logits of each loss group go to that loss, fixed at trace time; the gradient of the *sum*
 of the per-config losses is every config's own gradient (no term couples two configs). Seeds are a
-vmap over that, dropped for a single seed (a vmap of size 1 still costs ~15 % of a step).
+vmap over that, dropped for a single seed (a vmap of size 1 is not free: docs/performance.md).
 
 Divergence: a config whose loss or gradient norm turns non-finite is frozen before that update and
 ``diverged_at`` records the step; its metrics read NaN from then on. Parameters can turn non-finite
