@@ -15,7 +15,7 @@ came from, so a slow op can be found in the source. Ops run concurrently on the 
 the per-op sum can exceed the wall time of a step; both are printed.
 
 Writes ``profile.csv`` and the raw trace (``trace/``, for TensorBoard or Perfetto) into --workdir.
-This is how the engine's layout was chosen: see the README's performance section.
+This is how the engine's layout was chosen: see docs/performance.md.
 """
 
 from __future__ import annotations
