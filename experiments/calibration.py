@@ -43,9 +43,10 @@ def train_and_calibrate(
 ) -> tuple[list[dict], dict]:
     """Trains the grid, fits T on validation, returns per-model rows and seed-0 reliability bins."""
     train, x_val, y_val = data.split_validation(dataset, 0.2, seed=0)
+    # the MNIST-1D paper's MLP
     model = models.make_model(
         "mlp", train.num_features, train.num_classes, hidden=(100, 100), residual=True
-    )  # the MNIST-1D paper's MLP
+    )
     layout = engine.Layout(losses, (lr,), tuple(range(seeds)))
     trained = runner.run(model, train, layout, engine.TrainSettings("adam", steps, 100, steps))
     return calibration.calibrate(

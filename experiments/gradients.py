@@ -51,9 +51,8 @@ def gradient_sizes(p_target: np.ndarray, num_classes: int) -> dict[str, np.ndarr
         for name, closed in (("ce", gradients.ce_grad), ("mse", gradients.mse_grad)):
             fn = losses.get_loss(name)
             auto = jax.grad(lambda o, fn=fn: fn(o, labels).sum())(logits)
-            np.testing.assert_allclose(
-                auto, closed(logits, labels), atol=1e-12
-            )  # C8 holds here too
+            # C8 holds here too
+            np.testing.assert_allclose(auto, closed(logits, labels), atol=1e-12)
             out[f"{name}_full"] = np.asarray(jnp.linalg.norm(auto, axis=-1))
         out["ce_target_path"] = np.abs(np.asarray(gradients.ce_target_path_grad(p)))
         out["mse_target_path"] = np.abs(np.asarray(gradients.mse_target_path_grad(p)))

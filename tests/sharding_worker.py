@@ -13,9 +13,8 @@ def main() -> None:
     devices = jax.devices()
     d = data.load("digits")
     model = models.make_model("mlp", d.num_features, d.num_classes, hidden=(16,))
-    grid = engine.Layout(
-        ("ce", "mse"), (0.01, 0.1, 0.5), (0, 1)
-    )  # 3 rates: not a multiple of 4 devices
+    # 3 rates: not a multiple of 4 devices
+    grid = engine.Layout(("ce", "mse"), (0.01, 0.1, 0.5), (0, 1))
     settings = engine.TrainSettings("sgd", 60, 64, 20)
     out = {"device_count": len(devices)}
     runs = {}

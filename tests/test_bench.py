@@ -22,9 +22,8 @@ def test_sweep_and_naive_jax_agree(setup):
     sweep = bench.run_sweep(dataset, 2, steps)
     naive = bench.run_naive_jax(dataset, 2, steps, params0, batches)
     assert len(sweep["accuracy"]) == 4
-    np.testing.assert_allclose(
-        sweep["accuracy"], naive["accuracy"], atol=1 / 360 + 1e-9
-    )  # ≤ 1 test example
+    # ≤ 1 test example
+    np.testing.assert_allclose(sweep["accuracy"], naive["accuracy"], atol=1 / 360 + 1e-9)
     assert naive["compile_s"] > 0 and sweep["compile_s"] > 0
 
 

@@ -35,9 +35,8 @@ def test_compilations_do_not_depend_on_learning_rates_seeds_or_losses():
     big = _trainer(engine.Layout(("ce", "mse", "square"), (0.01, 0.1, 0.3, 1.0), (0, 1, 2)))
     big.train()
     assert small.num_traces == big.num_traces == 1
-    uneven = _trainer(
-        engine.Layout(("ce",), (0.1,), (0,)), steps=50, eval_every=20
-    )  # chunks 20, 20, 10
+    # chunks 20, 20, 10
+    uneven = _trainer(engine.Layout(("ce",), (0.1,), (0,)), steps=50, eval_every=20)
     uneven.train()
     assert uneven.num_traces == 2
 
@@ -62,9 +61,8 @@ def test_common_random_numbers():
 def test_chunk_batch_indices_equal_the_per_step_definition():
     trainer = _trainer(engine.Layout(("ce",), (0.1,), (0, 3)), batch=100)  # 14 steps per epoch
     key, n = trainer.data_keys[1], digits().x_train.shape[0]
-    chunk = jax.jit(batches.batch_indices, static_argnums=(2, 3, 4))(
-        key, jnp.int32(9), 40, n, 100
-    )  # crosses 3 epochs
+    # crosses 3 epochs
+    chunk = jax.jit(batches.batch_indices, static_argnums=(2, 3, 4))(key, jnp.int32(9), 40, n, 100)
     per_step = jnp.stack([_batch_index(trainer)(key, jnp.int32(t)) for t in range(9, 49)])
     np.testing.assert_array_equal(chunk, per_step)
 

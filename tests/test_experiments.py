@@ -65,9 +65,8 @@ def test_calibration_keeps_accuracy_and_reports_temperature(tmp_path):
         assert row["accuracy_before"] == row["accuracy_after"]
         assert row["temperature"] > 0
     square = next(r for r in summary if r["loss"] == "square")
-    assert (
-        square["ece_after"] < square["ece_before"]
-    )  # softmax of square-loss logits is under-confident
+    # softmax of square-loss logits is under-confident
+    assert square["ece_after"] < square["ece_before"]
 
 
 def test_report_fast_subset(tmp_path):

@@ -109,8 +109,7 @@ def test_colab_display_cell_runs_on_a_real_sweep(tmp_path):
         "Markdown": str,
         "Image": lambda filename: pathlib.Path(filename).read_bytes(),
     }
-    source = cell.replace(
-        "from IPython.display import Image, Markdown, display\n", ""
-    )  # IPython not needed
+    # IPython not needed
+    source = cell.replace("from IPython.display import Image, Markdown, display\n", "")
     exec(source, stubs)
     assert len(shown) == 3 and "| learning rate |" in shown[0] and shown[1][:4] == b"\x89PNG"

@@ -51,9 +51,8 @@ class Axis:
         )
         if not number or not math.isfinite(float(value)) or not self.ok(float(value)):
             return f"must be {self.rule}, got {value!r}"
-        v = abs(
-            float(value)
-        )  # float32 holds every value the program sees: none may become 0 or inf
+        # float32 holds every value the program sees: none may become 0 or inf
+        v = abs(float(value))
         if v != 0 and not float(np.finfo(np.float32).tiny) <= v <= float(np.finfo(np.float32).max):
             return f"{value!r} is outside float32's range"
         return None
