@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -493,19 +494,37 @@ class GRU(nnx.Module):
 
 @dataclasses.dataclass(frozen=True)
 class Model:
-    """A classifier as two pure functions (the engine's only view of a model).
+    """A classifier as pure functions (the engine's only view of a model).
+
+    A *stateless* model is ``init`` and ``apply``. A *stateful* one (a :func:`from_nnx` module with
+    BatchNorm statistics, Dropout streams or other non-parameter variables) also has ``init_state``,
+    ``apply_train`` and ``apply_eval``; its state is a pytree of plain arrays (PRNG keys as their
+    ``jax.random.key_data``), so it stacks, checkpoints and selects like the parameters.
 
     Attributes:
       name: registry name.
       init: ``key -> params``; kernels are multiplied by ``init_scale``.
-      apply: ``(params, x (N, D)) -> logits (N, C)``.
+      apply: ``(params, x (N, D)) -> logits (N, C)`` (stateless models).
       num_params: parameter count.
+      init_state: ``key -> state``, the non-parameter variables; None for a stateless model.
+      apply_train: ``(params, state, x, rng) -> (logits, new_state)`` in training mode (batch
+        statistics used and updated, dropout drawn; ``rng`` a key of the seed and the step).
+      apply_eval: ``(params, state, x) -> logits`` in evaluation mode (running statistics, no
+        dropout).
     """
 
     name: str
     init: Callable[[Array], Params]
     apply: Callable[[Params, Array], Array]
     num_params: int
+    init_state: Callable[[Array], Any] | None = None
+    apply_train: Callable[[Params, Any, Array, Array], tuple[Array, Any]] | None = None
+    apply_eval: Callable[[Params, Any, Array], Array] | None = None
+
+    @property
+    def stateful(self) -> bool:
+        """Whether the model holds variables besides its parameters."""
+        return self.init_state is not None
 
 
 def make_model(
@@ -665,31 +684,148 @@ def from_nnx(build: Callable[[nnx.Rngs], nnx.Module], name: str = "custom") -> M
       >>> model.num_params
       67
 
+    The module may hold any ``nnx.Variable`` state besides ``nnx.Param`` (``nnx.BatchNorm``'s
+    statistics, ``nnx.Dropout``'s stream, your own variables): the model is then stateful. The
+    engine trains it in ``module.train()`` mode and evaluates it in ``module.eval()`` mode, as a
+    plain NNX loop does; each config has its own copy of the state (BatchNorm statistics are never
+    pooled across configs). Accepted signatures of ``__call__``:
+
+    * ``__call__(self, x)``: Dropout layers built with ``rngs=`` draw from their own streams, which
+      start from the seed's key (shared by the configs of a seed) and advance every call;
+    * ``__call__(self, x, rngs)`` (or ``rngs=None``), as in Flax's own examples: training passes
+      ``nnx.Rngs(key)`` with a key derived from the seed and the step (never the same twice),
+      evaluation ``nnx.Rngs(0)`` (in eval mode Dropout draws nothing).
+
     Args:
-      build: ``rngs -> nnx.Module``; the module maps ``x (N, D)`` to logits ``(N, C)`` and holds only
-        ``nnx.Param`` state (no batch statistics or dropout streams: the engine vmaps a pure
-        ``apply`` over configs). Weights named ``kernel`` are what the ``init_scale`` axis scales.
+      build: ``rngs -> nnx.Module``; the module maps ``x (N, D)`` to logits ``(N, C)``. Weights
+        named ``kernel`` are what the ``init_scale`` axis scales; weight decay and the optimizer
+        touch ``nnx.Param`` only.
       name: the model's name in results.
 
     Raises:
-      ValueError: if ``build`` fails, or the module holds state other than parameters.
+      ValueError: if ``build`` fails, ``__call__`` takes other required arguments, or the module's
+        state is not arrays or changes its structure in a training step (``nnx.sow``).
     """
     try:
         abstract = nnx.eval_shape(lambda: build(nnx.Rngs(0)))
     except Exception as e:
         raise ValueError(f"{name}: building the module failed: {type(e).__name__}: {e}") from e
+    takes_rngs = _takes_rngs(name, abstract)
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
-    if jax.tree.leaves(rest):
+    num_params = sum(leaf.size for leaf in jax.tree.leaves(params))
+    if not jax.tree.leaves(rest) and not takes_rngs:
+
+        def init(key: Array) -> Params:
+            return nnx.state(build(nnx.Rngs(key)), nnx.Param)
+
+        def apply(params: Params, x: Array) -> Array:
+            return nnx.merge(graphdef, params)(x)
+
+        return Model(name, init, apply, num_params)
+    return _stateful_nnx(build, name, abstract, takes_rngs, num_params)
+
+
+def _takes_rngs(name: str, module: nnx.Module) -> bool:
+    """Whether ``module.__call__`` takes ``rngs``; ValueError for other required arguments."""
+    try:
+        signature = inspect.signature(module.__call__)
+    except (TypeError, ValueError):
+        return False
+    params = list(signature.parameters.values())
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [
+        p.name
+        for p in params[1:]
+        if p.default is inspect.Parameter.empty
+        and p.kind in (*positional, inspect.Parameter.KEYWORD_ONLY)
+        and p.name != "rngs"
+    ]
+    if not params or required:
         raise ValueError(
-            f"{name}: the module holds state other than nnx.Param "
-            f"({sorted({type(v).__name__ for v in jax.tree.leaves(rest)})}); "
-            "only parameters can be vmapped over configs"
+            f"{name}: the module's __call__ takes {[p.name for p in params]}; the engine calls "
+            "__call__(x) or __call__(x, rngs=...) (train/eval mode comes from module.train() and "
+            "module.eval(), as in Flax NNX)"
         )
+    return any(p.name == "rngs" for p in params)
+
+
+def _stateful_nnx(
+    build: Callable[[nnx.Rngs], nnx.Module],
+    name: str,
+    abstract: nnx.Module,
+    takes_rngs: bool,
+    num_params: int,
+) -> Model:
+    """:func:`from_nnx` for a module holding variables besides its parameters."""
+    abstract.train()
+    train_def = nnx.graphdef(abstract)
+    abstract.eval()
+    eval_def = nnx.graphdef(abstract)
+    _, _, rest = nnx.split(abstract, nnx.Param, ...)
+    leaves, treedef = jax.tree.flatten(rest)
+    bad = [type(v).__name__ for v in leaves if not hasattr(v, "dtype")]
+    if bad:
+        raise ValueError(
+            f"{name}: the module holds non-array state ({sorted(set(bad))}); the engine stacks "
+            "every variable over configs, so each must be an array"
+        )
+    # PRNG keys travel as their raw uint32 data: they stack, select and checkpoint like any array.
+    # Their implementations are read from traced keys (an abstract key does not name its own).
+    impls: list[Any] = []
+
+    def probe() -> int:
+        _, _, traced = nnx.split(build(nnx.Rngs(0)), nnx.Param, ...)
+        is_key = lambda v: jax.dtypes.issubdtype(v.dtype, jax.dtypes.prng_key)
+        impls.extend(jax.random.key_impl(v) if is_key(v) else None for v in jax.tree.leaves(traced))
+        return 0
+
+    jax.eval_shape(probe)
+
+    # the state as a plain nested dict of arrays ({"norm": {"mean": ...}}), in nnx.State's order
+    pure_def = jax.tree.structure(nnx.to_pure_dict(rest))
+
+    def to_arrays(state: Any) -> dict:
+        flat = jax.tree.leaves(state)
+        flat = [
+            v if i is None else jax.random.key_data(v) for v, i in zip(flat, impls, strict=True)
+        ]
+        return jax.tree.unflatten(pure_def, flat)
+
+    def from_arrays(arrays: dict) -> Any:
+        flat = [
+            a if i is None else jax.random.wrap_key_data(a, impl=i)
+            for a, i in zip(jax.tree.leaves(arrays), impls, strict=True)
+        ]
+        return jax.tree.unflatten(treedef, flat)
 
     def init(key: Array) -> Params:
         return nnx.state(build(nnx.Rngs(key)), nnx.Param)
 
-    def apply(params: Params, x: Array) -> Array:
-        return nnx.merge(graphdef, params)(x)
+    def init_state(key: Array) -> dict:
+        _, _, rest = nnx.split(build(nnx.Rngs(key)), nnx.Param, ...)
+        return to_arrays(rest)
 
-    return Model(name, init, apply, sum(leaf.size for leaf in jax.tree.leaves(params)))
+    def call(module: nnx.Module, x: Array, rng: Array) -> Array:
+        return module(x, rngs=nnx.Rngs(rng)) if takes_rngs else module(x)
+
+    def apply_train(params: Params, state: dict, x: Array, rng: Array) -> Any:
+        module = nnx.merge(train_def, params, from_arrays(state))
+        logits = call(module, x, rng)
+        _, _, new_rest = nnx.split(module, nnx.Param, ...)
+        if jax.tree.structure(new_rest) != treedef:
+            raise ValueError(
+                f"{name}: a training step changed the module's state structure (new variables, "
+                "e.g. nnx.sow intermediates); the engine carries a fixed set of variables"
+            )
+        return logits, to_arrays(new_rest)
+
+    def apply_eval(params: Params, state: dict, x: Array) -> Array:
+        return call(nnx.merge(eval_def, params, from_arrays(state)), x, jax.random.key(0))
+
+    def apply(params: Params, x: Array) -> Array:
+        raise ValueError(
+            f"{name} is stateful (it holds variables besides its parameters): call "
+            "apply_eval(params, state, x) or apply_train(params, state, x, rng)"
+        )
+
+    return Model(name, init, apply, num_params, init_state, apply_train, apply_eval)

@@ -33,12 +33,13 @@ TENSORBOARD = "tensorboard"  # the event files' directory inside a workdir
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """A trained grid: the results document, and the final parameters of its real configs (host
-    arrays, leaves ``(S, K, ...)`` in the layout's order)."""
+    """A trained grid: the results document, and the final parameters (and a stateful model's
+    variables) of its real configs (host arrays, leaves ``(S, K, ...)`` in the layout's order)."""
 
     document: dict[str, Any]
     params: Any
     layout: Layout
+    model_state: Any = ()
 
 
 def run(
@@ -127,7 +128,8 @@ def run(
     document = results.build(
         described, trainer.layout, history, trainer.diverged_steps(state), timing, select_on
     )
-    return Run(document, trainer.real_params(state), trainer.layout)
+    params, model_state = trainer.real_variables(state)
+    return Run(document, params, trainer.layout, model_state)
 
 
 def describe(model: Model, dataset: Dataset, layout: Layout, settings: TrainSettings) -> dict:

@@ -135,12 +135,16 @@ class Trainer:
             dataset.x_val,
             dataset.y_val,
         )
-        self.data = Data(*(None if a is None else self._replicate(a) for a in arrays))
         seeds = jnp.asarray(layout.seeds, jnp.uint32)
         key = lambda i: self._replicate(
             jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), i))(seeds)
         )
         self.init_keys, self.data_keys = key(0), key(1)
+        # a stateful model's randomness (dropout): fold_in(key of the seed, step) inside the step
+        rng_keys = key(2) if model.stateful else None
+        self.data = Data(
+            *(None if a is None else self._replicate(a) for a in arrays), rng_keys=rng_keys
+        )
         self.hparams = {n: self._replicate(v) for n, v in self.layout.hparams().items()}
         self.loss_ids = self._replicate(self.layout.loss_of_k())
         self.num_traces = 0
@@ -285,9 +289,14 @@ class Trainer:
 
     def real_params(self, state: GridState) -> Any:
         """The parameters of the real configs as host arrays, leaves ``(S, K, ...)``."""
-        return jax.tree.map(
-            lambda x: np.asarray(x)[:, self.layout.real_k], self.host_state(state).params
-        )
+        return self.real_variables(state)[0]
+
+    def real_variables(self, state: GridState) -> tuple[Any, Any]:
+        """``(params, model_state)`` of the real configs as host arrays, leaves ``(S, K, ...)``
+        (``model_state`` is ``()`` for a stateless model)."""
+        host = self.host_state(state)
+        real = lambda x: np.asarray(x)[:, self.layout.real_k]
+        return jax.tree.map(real, host.params), jax.tree.map(real, host.model_state)
 
     def diverged_steps(self, state: GridState) -> np.ndarray:
         """``(S, K)`` int array: the step at which each config diverged, -1 if it did not."""

@@ -111,9 +111,13 @@ def evaluate(program: Program, state: GridState, data: Data, loss_ids: Array) ->
     ends = np.cumsum([x.shape[0] for x in splits]).tolist()
     x_all = jnp.concatenate(splits)
 
+    model = program.model
+    # a stateful model evaluates in eval mode on its own running statistics
+    apply = (lambda v, x: model.apply_eval(*v, x)) if model.stateful else model.apply
+
     def block(args):
         params, loss_id, hp = args
-        logits = grid_logits(program.model.apply, params, x_all)
+        logits = grid_logits(apply, params, x_all)
         test, train, *val = jnp.split(logits, ends[:-1], axis=1)
         return jax.lax.map(one, (test, train, val[0] if val else None, loss_id, hp))
 
@@ -121,8 +125,9 @@ def evaluate(program: Program, state: GridState, data: Data, loss_ids: Array) ->
     # the budget is read here, not bound as a default, so that it can be changed (tests do)
     size = config_block(s * k, ends[-1] * program.num_classes * 4, EVAL_LOGITS_BYTES)
     blocks = lambda x: x.reshape(s * k // size, size, *x.shape[2:])
+    variables = (state.params, state.model_state) if model.stateful else state.params
     args = (
-        jax.tree.map(blocks, state.params),
+        jax.tree.map(blocks, variables),
         blocks(jnp.tile(loss_ids, s)),
         jax.tree.map(blocks, state.hparams),
     )

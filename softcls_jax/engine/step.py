@@ -53,7 +53,8 @@ class GridState(NamedTuple):
     """Everything needed to continue training; array leaves have leading axes ``(S, K')``.
 
     ``hparams`` holds every axis's value per config (``{name: (S, K') float32}``): data, read by
-    the step, never changed by it.
+    the step, never changed by it. ``model_state`` holds a stateful model's non-parameter variables
+    per config (BatchNorm statistics, RNG streams as key data; ``()`` for a stateless model).
     """
 
     params: Any
@@ -61,6 +62,7 @@ class GridState(NamedTuple):
     hparams: dict[str, Array]
     diverged_at: Array  # (S, K') int32: the step whose update turned non-finite, or -1
     step: Array  # () int32: steps done
+    model_state: Any = ()
 
 
 class Data(NamedTuple):
@@ -73,6 +75,7 @@ class Data(NamedTuple):
     noise_levels: Array  # (V,) float32: the label-noise fraction of each row of y_train
     x_val: Array | None = None  # (V', D): the validation split, held out of the training data
     y_val: Array | None = None  # (V',) int32
+    rng_keys: Array | None = None  # (S,) keys of a stateful model's per-step randomness
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +144,15 @@ def init(program: Program, init_keys: Array, hparams: dict[str, Array]) -> GridS
         params = jax.vmap(jax.vmap(scale_kernels))(params, hparams["init_scale"])
     opt_state = jax.vmap(jax.vmap(program.optimizer.init))(params)
     diverged_at = jnp.full((s, k), -1, jnp.int32)
-    state = GridState(params, opt_state, hparams, diverged_at, jnp.zeros((), jnp.int32))
+    model_state = ()
+    if program.model.stateful:  # one draw per seed, like the parameters; then one copy per config
+        model_state = jax.vmap(program.model.init_state)(init_keys)
+        model_state = jax.tree.map(
+            lambda x: jnp.broadcast_to(x[:, None], (s, k, *x.shape[1:])), model_state
+        )
+    state = GridState(
+        params, opt_state, hparams, diverged_at, jnp.zeros((), jnp.int32), model_state
+    )
     return constrain(program, state)
 
 
@@ -214,32 +225,42 @@ def seed_step(
     program: Program,
     params: Any,
     opt_state: Any,
+    model_state: Any,
     hparams: dict[str, Array],
     step: Array,
     xb: Array,
     yb: Array,
-) -> tuple[Any, Any, Array, Array, Array]:
+    rng: Array | None,
+) -> tuple[Any, Any, Any, Array, Array, Array]:
     """One optimizer step of the ``K`` configs of one seed on their shared minibatch.
 
     Args:
-      params, opt_state, hparams: leaves with a leading ``K`` axis.
+      params, opt_state, model_state, hparams: leaves with a leading ``K`` axis.
       step: the step's index (for the schedule).
       xb: ``(B, D)``; yb: ``(V, B)`` labels at each noise level (with several, ``hparams`` holds
         each config's ``label_row``).
+      rng: a stateful model's key of this seed and step, shared by the seed's configs (None for a
+        stateless model).
 
     Returns:
-      ``(new_params, new_opt_state, grad_norm, finite, loss)``, per config.
+      ``(new_params, new_opt_state, new_model_state, grad_norm, finite, loss)``, per config.
     """
 
     def objective(params):
-        logits = jax.vmap(program.model.apply, (0, None))(params, xb)  # (K, B, C)
+        if program.model.stateful:
+            train = jax.vmap(program.model.apply_train, (0, 0, None, None))
+            logits, new_model_state = train(params, model_state, xb, rng)  # (K, B, C)
+        else:
+            logits = jax.vmap(program.model.apply, (0, None))(params, xb)  # (K, B, C)
+            new_model_state = model_state
         targets, shared = _targets(program, hparams, yb)
         per_config = _group_losses(program, logits, targets, shared, hparams)
-        return jnp.sum(per_config), per_config
+        return jnp.sum(per_config), (per_config, new_model_state)
 
-    (_, loss), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    (_, (loss, new_model_state)), grads = jax.value_and_grad(objective, has_aux=True)(params)
     one = lambda g, p, o, h: update(program, g, p, o, h, step)
-    return (*jax.vmap(one)(grads, params, opt_state, hparams), loss)
+    new_params, new_opt_state, grad_norm, finite = jax.vmap(one)(grads, params, opt_state, hparams)
+    return new_params, new_opt_state, new_model_state, grad_norm, finite, loss
 
 
 # ------------------------------------------------------------------ a chunk of steps
@@ -289,7 +310,8 @@ def chunk(
             check_labels_in_graph(labels, program.num_classes)
     one_seed = program.num_seeds == 1
     step_fn = lambda *a: seed_step(program, *a)
-    step_fn = step_fn if one_seed else jax.vmap(step_fn, (0, 0, 0, None, 0, 0))
+    step_fn = step_fn if one_seed else jax.vmap(step_fn, (0, 0, 0, 0, None, 0, 0, 0))
+    rng_keys = data.rng_keys if program.model.stateful else None  # (S,)
     squeeze = (lambda t: jax.tree.map(lambda v: v[0], t)) if one_seed else (lambda t: t)
     unsqueeze = (lambda t: jax.tree.map(lambda v: v[None], t)) if one_seed else (lambda t: t)
 
@@ -300,20 +322,25 @@ def chunk(
             hparams = {**hparams, "label_row": label_row(hparams["label_noise"], data.noise_levels)}
 
         def body(carry, step_and_idx):
-            params, opt_state, diverged_at = carry
+            params, opt_state, model_state, diverged_at = carry
             step, idx = step_and_idx  # idx: (S, B), or (B,) for one seed
             yb = data.y_train[:, idx]  # (V, S, B) or (V, B)
             yb = yb if one_seed else jnp.moveaxis(yb, 0, 1)
-            new_params, new_opt_state, grad_norm, finite, loss = step_fn(
-                params, opt_state, hparams, step, data.x_train[idx], yb
+            rng = None
+            if rng_keys is not None:  # the seed's key at this step: the same on every device
+                rng = jax.vmap(jax.random.fold_in, (0, None))(rng_keys, step)
+                rng = rng[0] if one_seed else rng
+            new_params, new_opt_state, new_model_state, grad_norm, finite, loss = step_fn(
+                params, opt_state, model_state, hparams, step, data.x_train[idx], yb, rng
             )
             finite = finite & jnp.isfinite(loss)
             alive = diverged_at < 0
             keep = alive & finite
             params = _select(keep, new_params, params)
             opt_state = _select(keep, new_opt_state, opt_state)
+            model_state = _select(keep, new_model_state, model_state)
             diverged_at = jnp.where(alive & ~finite, step, diverged_at)
-            return (params, opt_state, diverged_at), (loss, grad_norm)
+            return (params, opt_state, model_state, diverged_at), (loss, grad_norm)
 
         carry, outputs = jax.lax.scan(body, squeeze(carry), (steps, idx_all))
         return unsqueeze(carry), tuple(x[:, None] if one_seed else x for x in outputs)
@@ -321,7 +348,7 @@ def chunk(
     num_steps = indices.shape[0]
     steps = state.step + jnp.arange(num_steps, dtype=jnp.int32)
     idx_all = indices[:, 0] if one_seed else indices
-    carry = (state.params, state.opt_state, state.diverged_at)
+    carry = (state.params, state.opt_state, state.model_state, state.diverged_at)
     if program.num_blocks == 1:
         carry, (loss, grad_norm) = train((carry, state.hparams))
     else:
@@ -331,8 +358,10 @@ def chunk(
         loss, grad_norm = (
             jnp.moveaxis(from_blocks(program, jnp.moveaxis(x, 1, -1)), -1, 0) for x in outputs
         )
-    params, opt_state, diverged_at = carry
-    new_state = GridState(params, opt_state, state.hparams, diverged_at, state.step + num_steps)
+    params, opt_state, model_state, diverged_at = carry
+    new_state = GridState(
+        params, opt_state, state.hparams, diverged_at, state.step + num_steps, model_state
+    )
     alive = diverged_at < 0
     out = {
         "train_loss": jnp.where(alive, jnp.mean(loss, axis=0), jnp.nan),
