@@ -5,8 +5,10 @@ r"""Trains a whole loss × hyperparameter × seed grid as one compiled program a
   python -m experiments.sweep --loss=ce,mse --lrs=0.03,0.3 --axis weight_decay=0,1e-3 \
       --axis label_smoothing=0,0.1 --axis init_scale=1,4 --seeds=2 --steps=400
 
-Any hyperparameter of softcls_jax.engine.AXES is a grid axis (``--axis NAME=V1,V2,...``, repeatable)
-or a single value (``--NAME=V``); the whole product trains as one program, compiled once.
+Any hyperparameter of softcls_jax.engine.AXES, and any numeric hyperparameter of the optimizer
+(``--optimizer=adamw --axis b2=0.99,0.999``), is a grid axis (``--axis NAME=V1,V2,...``, repeatable);
+those of AXES also take a single value (``--NAME=V``). The whole product trains as one program,
+compiled once.
 Checkpoints after every chunk: the same command on the same --workdir resumes an interrupted sweep.
 Writes into --workdir: results.json (settings, versions, devices, per config its axis values, final
 metrics, divergence and curves), results.csv, summary.md (tables), and PNG plots. Prints progress per
@@ -83,7 +85,8 @@ flags.DEFINE_multi_string(
     "axis",
     [],
     "A grid axis NAME=V1,V2,... (repeatable), crossed with losses, learning rates and "
-    f"seeds. NAME is one of {[n for n in AXES if n != 'learning_rate']}.",
+    f"seeds. NAME is one of {[n for n in AXES if n != 'learning_rate']}, or any numeric "
+    "hyperparameter of --optimizer (b1, b2, eps, decay, ...).",
 )
 flags.DEFINE_string(
     "workdir", "runs/sweep", "Output directory for results.json, results.csv, summary.md and plots."
@@ -153,9 +156,11 @@ def axes_from_flags() -> dict[str, tuple[float, ...]]:
             raise FlagError(
                 "axis", "the learning-rate axis is --lrs (or --lr_min/--lr_max/--num_lrs)"
             )
-        if not sep or name not in AXES:
+        if not sep or not name.isidentifier():
             raise FlagError(
-                "axis", f"expected NAME=V1,V2,... with NAME one of {valid}, got {text!r}"
+                "axis",
+                f"expected NAME=V1,V2,... with NAME one of {valid} or a hyperparameter of the "
+                f"optimizer (b1, b2, eps, ...), got {text!r}",
             )
         if name in axes:
             raise FlagError("axis", f"axis {name!r} is given twice")
@@ -211,14 +216,14 @@ def spec_from_flags() -> SweepSpec:
         spec.validate()
     except SettingError as e:
         flag = flag_of(e.setting)
-        named = flag == "axis" and e.setting in AXES and not str(e).startswith(e.setting)
+        named = flag == "axis" and e.setting != "axis" and not str(e).startswith(e.setting)
         raise FlagError(flag, f"{e.setting} {e}" if named else str(e)) from None
     return spec
 
 
 def flag_of(setting: str) -> str:
     """The flag of a setting: an axis given with --axis is named by that flag."""
-    if setting in AXES and setting in [t.partition("=")[0].strip() for t in FLAGS.axis]:
+    if setting in [t.partition("=")[0].strip() for t in FLAGS.axis]:
         return "axis"
     return FLAG_OF.get(setting, setting)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from softcls_jax.engine import AXES, METRICS, Layout
+from softcls_jax.engine import METRICS, Layout
 from softcls_jax.files import atomic_write
 
 SCHEMA = "softcls-jax/sweep/v2"
@@ -113,8 +113,11 @@ def build(
 
 
 def axis_names(records: Sequence[dict]) -> list[str]:
-    """The grid axes of these records (learning rate first), from their keys."""
-    return [key for key in records[0] if key in AXES] if records else []
+    """The grid axes of these records (learning rate first): their keys between loss and seed."""
+    if not records:
+        return []
+    keys = list(records[0])
+    return keys[keys.index("loss") + 1 : keys.index("seed")]
 
 
 def to_csv(records: Sequence[dict]) -> str:

@@ -25,6 +25,7 @@ from softcls_jax.engine import Layout, Trainer, TrainSettings
 from softcls_jax.engine.layout import LossLike
 from softcls_jax.files import writable_dir
 from softcls_jax.models import Model
+from softcls_jax.optim import OptimizerLike, optimizer_name
 
 Progress = Callable[[int, int, dict, float], None]  # (step, total steps, record, seconds so far)
 PLOTS = ("accuracy_vs_lr.png", "learning_curves.png", "train_loss_curves.png")
@@ -142,6 +143,7 @@ def describe(model: Model, dataset: Dataset, layout: Layout, settings: TrainSett
         "dataset": dataset.name,
         "model": model.name,
         **{f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)},
+        "optimizer": optimizer_name(settings.optimizer),
     }
 
 
@@ -153,7 +155,7 @@ def run_grid(
     learning_rates: Sequence[float] = (0.1,),
     seeds: Sequence[int] = (0,),
     axes: Mapping[str, Sequence[float]] | None = None,
-    optimizer: str = "sgd",
+    optimizer: OptimizerLike = "sgd",
     schedule: str = "constant",
     steps: int = 2000,
     batch_size: int = 128,
@@ -178,7 +180,10 @@ def run_grid(
         ``(N, C)`` probability vectors, else ``(N,)`` integer ids.
       learning_rates, seeds: the learning-rate axis and the seeds.
       axes: other axes, ``{name: values}`` (:data:`softcls_jax.engine.AXES`).
-      optimizer, schedule, steps, batch_size, eval_every, data_seed: as :class:`TrainSettings`.
+      optimizer: a name of :data:`softcls_jax.optim.OPTIMIZERS` (``adamw``, ``lion``, …), an optax
+        factory (``optax.adamw``), or your function ``fn(learning_rate, **hyperparameters) ->
+        GradientTransformation``; its numeric keywords can be ``axes`` (``{"b1": (0.8, 0.9)}``).
+      schedule, steps, batch_size, eval_every, data_seed: as :class:`TrainSettings`.
       val_fraction: a data set without a validation split gets a stratified one of this fraction
         of its training data (seeded by ``data_seed``); 0 only with ``select_on="test"``.
       select_on: the split the ``selection`` section chooses on: ``"val"``, or ``"test"``

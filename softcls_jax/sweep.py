@@ -24,10 +24,10 @@ import jax
 import numpy as np
 
 from softcls_jax import checkpoint, data, models, runner
-from softcls_jax.engine import AXES, Layout, TrainSettings, check_compatible
+from softcls_jax.engine import AXES, Layout, TrainSettings, axis_rule, check_compatible
 from softcls_jax.files import DirLock, LockedError, remove_temporaries, writable_dir
 from softcls_jax.losses import LOSSES
-from softcls_jax.optim import OPTIMIZERS, SCHEDULES
+from softcls_jax.optim import OPTIMIZERS, SCHEDULES, make_optimizer
 
 
 class SettingError(ValueError):
@@ -69,7 +69,13 @@ class SweepSpec:
         "Hidden activation of the mlp: relu, sigmoid, tanh or gelu.", default="relu"
     )
     optimizer: str = _help(
-        "Optimizer: sgd, momentum (sgd with momentum 0.9) or adam.", default="sgd"
+        "Optimizer: sgd, momentum (sgd with momentum 0.9), nesterov (sgd with Nesterov momentum "
+        "0.9), adam, or any optax optimizer by name: "
+        f"{', '.join(n for n in OPTIMIZERS if n not in ('sgd', 'momentum', 'nesterov', 'adam'))}. "
+        "Its numeric hyperparameters (b1, b2, eps, decay, ...) can be axes (--axis b2=0.99,0.999); "
+        "--axis momentum means b1 for Adam-like ones, weight_decay the optimizer's own where it "
+        "has one.",
+        default="sgd",
     )
     schedule: str = _help(
         "Learning-rate schedule after the warm-up: constant, or cosine "
@@ -149,15 +155,15 @@ class SweepSpec:
             bool(self.seeds) and all(_is_int(s) and 0 <= s < 2**32 for s in self.seeds),
             f"seeds must be integers in [0, 2**32), got {list(self.seeds)}",
         )
+        try:  # every axis is the project's or one of the optimizer's hyperparameters
+            make_optimizer(self.optimizer, {name for name, _ in self.axes})
+        except ValueError as e:
+            unknown_axis = str(e).startswith("unknown axis")
+            raise SettingError("axis" if unknown_axis else "optimizer", str(e)) from None
         for name, values in self.axes:
-            _check(
-                "axis",
-                name in AXES and name != "learning_rate",
-                f"unknown axis {name!r}; valid axes: {[n for n in AXES if n != 'learning_rate']}",
-            )
             _check(name, bool(values), "give at least one value")
             for v in values:
-                problem = AXES[name].problem(v)
+                problem = axis_rule(name).problem(v)
                 _check(name, problem is None, str(problem))
         _check(
             "model",
@@ -173,11 +179,6 @@ class SweepSpec:
             "activation",
             self.activation in models.ACTIVATIONS,
             f"unknown activation {self.activation!r}; expected one of {sorted(models.ACTIVATIONS)}",
-        )
-        _check(
-            "optimizer",
-            self.optimizer in OPTIMIZERS,
-            f"unknown optimizer {self.optimizer!r}; expected one of {list(OPTIMIZERS)}",
         )
         _check(
             "schedule",

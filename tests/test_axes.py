@@ -15,7 +15,7 @@ import optax
 import pytest
 
 from softcls_jax import data, losses, models, optim, run_grid
-from softcls_jax.engine import Layout, Trainer, TrainSettings
+from softcls_jax.engine import Layout, Trainer, TrainSettings, check_compatible
 
 STEPS, BATCH, HIDDEN = 30, 64, (16,)
 
@@ -241,7 +241,7 @@ def test_schedule_factor_equals_optax(schedule, warmup):
 @pytest.mark.parametrize(
     ("axes", "message"),
     [
-        ({"dropout": (0.1,)}, "unknown axis 'dropout'; valid axes: \\['weight_decay'"),
+        ({"drop out": (0.1,)}, "unknown axis 'drop out'; valid axes: \\['weight_decay'"),
         ({"weight_decay": (-1.0,)}, "weight_decay must be a finite number >= 0, got -1.0"),
         ({"momentum": (1.0,)}, "momentum must be a number in \\[0, 1\\), got 1.0"),
         ({"label_noise": (1.0,)}, "label_noise must be a fraction in \\[0, 1\\)"),
@@ -256,6 +256,14 @@ def test_schedule_factor_equals_optax(schedule, warmup):
 def test_bad_axes_raise(axes, message):
     with pytest.raises(ValueError, match=message):
         Layout(("ce",), (0.1,), (0,), axes)
+
+
+def test_an_axis_neither_the_projects_nor_the_optimizers_is_refused():
+    layout = Layout(("ce",), (0.1,), (0,), {"dropout": (0.1,)})  # might be an optimizer's
+    with pytest.raises(
+        ValueError, match=r"unknown axis 'dropout': .* optimizer sgd \(\['momentum'"
+    ):
+        check_compatible(layout, TrainSettings())
 
 
 def test_warmup_must_fit_in_the_steps():
@@ -283,8 +291,12 @@ def _cli(*args):
     ("args", "message"),
     [
         (
+            ["--axis", "drop out=0.1"],
+            "--axis: expected NAME=V1,V2,... with NAME one of ['weight_decay', 'momentum', 'label_smoothing', 'init_scale', 'k', 'M', 'warmup_steps', 'label_noise'] or a hyperparameter of the optimizer",
+        ),
+        (
             ["--axis", "dropout=0.1"],
-            "--axis: expected NAME=V1,V2,... with NAME one of ['weight_decay', 'momentum', 'label_smoothing', 'init_scale', 'k', 'M', 'warmup_steps', 'label_noise']",
+            "--axis: unknown axis 'dropout': not one of the project's axes ['label_smoothing', 'init_scale'",
         ),
         (["--axis", "weight_decay=0,x"], "--axis: 'x' is not a number"),
         (["--axis", "weight_decay=-1"], "--axis: weight_decay must be a finite number >= 0"),

@@ -65,10 +65,11 @@ def blobs():
     return data.from_arrays(d.x_train[:600], d.y_train[:600], d.x_test[:400], d.y_test[:400])
 
 
-REFERENCE_TX = {
-    "sgd": lambda lr: optax.sgd(lr),
-    "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
-    "adam": lambda lr: optax.adam(lr),
+OPTIMIZERS = {  # name: (learning rates, axes, the reference for (lr, one config's axis values))
+    "sgd": ((0.05, 0.2), {}, lambda lr, h: optax.sgd(lr)),
+    "momentum": ((0.01, 0.05), {}, lambda lr, h: optax.sgd(lr, momentum=0.9)),
+    "adam": ((1e-3, 1e-2), {}, lambda lr, h: optax.adam(lr)),
+    "adamw": ((3e-3,), {"b1": (0.8, 0.9)}, lambda lr, h: optax.adamw(lr, b1=h["b1"])),
 }
 REFERENCE_LOSS = {
     "ce": lambda o, y: optax.softmax_cross_entropy_with_integer_labels(o, y),
@@ -76,11 +77,12 @@ REFERENCE_LOSS = {
 }
 
 
-def reference_logits(build, dataset, indices, loss, lr, seed, optimizer, steps=STEPS):
-    """A plain NNX loop of one config; returns its eval-mode test logits."""
+def reference_logits(build, dataset, indices, loss, seed, tx, steps=STEPS):
+    """A plain NNX loop of one config with the optax transformation ``tx``; returns its eval-mode
+    test logits."""
     module = build(nnx.Rngs(jax.random.fold_in(jax.random.key(seed), 0)))
     module.train()
-    opt = nnx.Optimizer(module, REFERENCE_TX[optimizer](lr), wrt=nnx.Param)
+    opt = nnx.Optimizer(module, tx, wrt=nnx.Param)
     rng_root = jax.random.fold_in(jax.random.key(seed), 2)
     takes_rngs = "rngs" in module.__call__.__code__.co_varnames
 
@@ -108,25 +110,37 @@ def engine_logits(run, model, s, k, x):
     return np.asarray(model.apply_eval(one(run.params), one(run.model_state), jnp.asarray(x)))
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
-@pytest.mark.parametrize("build", [BNDropNet, CallRngsNet], ids=["own_stream", "call_rngs"])
+@pytest.mark.parametrize(
+    ("build", "optimizer"),
+    [
+        (BNDropNet, "momentum"),
+        (CallRngsNet, "adam"),
+        (BNDropNet, "adamw"),
+        (CallRngsNet, "adamw"),
+        pytest.param(BNDropNet, "sgd", marks=pytest.mark.slow),
+        pytest.param(CallRngsNet, "sgd", marks=pytest.mark.slow),
+    ],
+    ids=lambda v: v if isinstance(v, str) else v.__name__,
+)
 def test_grid_equals_plain_nnx_loop(blobs, build, optimizer):
+    """Every config of a BatchNorm + Dropout grid (2 losses × rates × axes × 2 seeds) equals its
+    own plain NNX loop on the same batches and dropout keys, statistics included (eval logits)."""
     model = models.from_nnx(build, name="bn_drop")
     assert model.stateful
-    lrs = {"sgd": (0.05, 0.2), "momentum": (0.01, 0.05), "adam": (1e-3, 1e-2)}[optimizer]
-    layout = engine.Layout(("ce", "mse"), lrs, (0, 3))
+    lrs, axes, reference = OPTIMIZERS[optimizer]
+    layout = engine.Layout(("ce", "mse"), lrs, (0, 3), axes)
     settings = engine.TrainSettings(optimizer, STEPS, 32, STEPS)
     trainer = engine.Trainer(model, blobs, layout, settings)
     indices = np.asarray(trainer.batch_indices(0, STEPS))  # (steps, S, B)
     run = runner.run(model, blobs, layout, settings)
+    per_seed = layout.shape[1]
     for s, seed in enumerate(layout.seeds):
-        for k, config in enumerate(layout.configs()[s * 4 : (s + 1) * 4]):
-            want = reference_logits(
-                build, blobs, indices[:, s], config.loss, config.learning_rate, seed, optimizer
-            )
+        for k, config in enumerate(layout.configs()[s * per_seed : (s + 1) * per_seed]):
+            tx = reference(config.learning_rate, {name: config.value(name) for name in axes})
+            want = reference_logits(build, blobs, indices[:, s], config.loss, seed, tx)
             got = engine_logits(run, model, s, k, blobs.x_test)
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-            final = run.document["configs"][s * 4 + k]["final"]
+            final = run.document["configs"][s * per_seed + k]["final"]
             acc = np.mean(np.argmax(want, -1) == blobs.y_test)
             assert abs(final["test_accuracy"] - acc) <= 1 / len(blobs.y_test) + 1e-6
 
@@ -238,6 +252,7 @@ class Sows(nnx.Module):
         return self.out(self.norm(x))
 
 
+@pytest.mark.filterwarnings("ignore:Using .Module.sow\(\). outside:DeprecationWarning")
 def test_modules_the_engine_cannot_handle_get_a_clear_error(blobs):
     with pytest.raises(ValueError, match=r"__call__\(x\) or __call__\(x, rngs=...\)"):
         models.from_nnx(NeedsTrainFlag, name="flagged")

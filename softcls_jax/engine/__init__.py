@@ -13,7 +13,7 @@ Three layers, data flowing one way:
 """
 
 from softcls_jax.engine.driver import CPU_BLOCK, Trainer
-from softcls_jax.engine.layout import AXES, LOSS_AXES, Axis, Config, Layout, loss_name
+from softcls_jax.engine.layout import AXES, LOSS_AXES, Axis, Config, Layout, axis_rule, loss_name
 from softcls_jax.engine.settings import TrainSettings, check_compatible
 from softcls_jax.engine.step import METRICS, Data, GridState, Program
 
@@ -30,6 +30,7 @@ __all__ = [
     "Program",
     "TrainSettings",
     "Trainer",
+    "axis_rule",
     "check_compatible",
     "loss_name",
 ]

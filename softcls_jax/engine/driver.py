@@ -104,6 +104,9 @@ class Trainer:
             raise ValueError(f"block_configs must be an integer >= 0, got {block_configs!r}")
         self.layout = layout.arranged(len(self.devices), block_configs)
         self.mesh = Mesh(np.array(self.devices), ("configs",)) if len(self.devices) > 1 else None
+        optimizer = make_optimizer(settings.optimizer, set(axes))
+        if not optimizer.legacy:  # every optimizer axis must trace as data (one compile for all)
+            optimizer.check(jax.eval_shape(model.init, jax.random.key(0)))
         loss_hparams = tuple(
             tuple((a, a.lower()) for a in LOSS_AXES if a in axes) if name == "square" else ()
             for name in self.layout.loss_names
@@ -112,7 +115,7 @@ class Trainer:
             model=model,
             losses=tuple(_loss_fn(loss) for loss in layout.losses),
             loss_hparams=loss_hparams,
-            optimizer=make_optimizer(settings.optimizer, set(axes)),
+            optimizer=optimizer,
             axis_names=self.layout.axis_names,
             num_seeds=len(layout.seeds),
             group_size=self.layout.group_size,

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from softcls_jax.optim import hyperparameter_rule
+
 LossLike = str | Callable[..., Any]  # a registry name, or loss(logits, labels) -> (N,)
 
 
@@ -74,15 +76,16 @@ AXES: dict[str, Axis] = {
             0.0,
             "a finite number >= 0",
             lambda v: v >= 0,
-            "decoupled weight decay λ, as optax.add_decayed_weights: u ← u + λ·w, then × −lr",
+            "weight decay λ: the optimizer's own where it has one (adamw, lion, lamb, …), else "
+            "decoupled, u ← u − lr·λ·w (as optax.add_decayed_weights; AdamW with adam)",
         ),
         Axis(
             "momentum",
             None,
             "a number in [0, 1)",
             lambda v: 0 <= v < 1,
-            "SGD momentum (optax.trace decay) or Adam's b1; default 0 for sgd, 0.9 for momentum "
-            "and adam",
+            "SGD momentum (optax.trace decay), or b1 for optimizers without a momentum (adam, "
+            "adamw, lion, …); default 0 for sgd, 0.9 for momentum, nesterov and adam",
         ),
         Axis(
             "label_smoothing",
@@ -129,6 +132,16 @@ AXES: dict[str, Axis] = {
     )
 }
 LOSS_AXES = ("k", "M")  # axes only the square loss reads
+
+
+def axis_rule(name: str) -> Axis:
+    """The :class:`Axis` of ``name``: one of :data:`AXES`, else an optimizer hyperparameter (``b1``,
+    ``b2``, ``eps``, …: :func:`softcls_jax.optim.hyperparameter_rule`). Whether the optimizer has
+    such a hyperparameter is checked with the settings (:func:`check_compatible`)."""
+    if name in AXES:
+        return AXES[name]
+    rule, ok = hyperparameter_rule(name)
+    return Axis(name, None, rule, ok, f"hyperparameter {name} of the optimizer")
 
 
 def loss_name(loss: LossLike) -> str:
@@ -224,17 +237,17 @@ class Layout:
                 raise ValueError(f"seeds must be integers >= 0 (and < 2**32), got {seed!r}")
         seen = set()
         for name, values in axes:
-            if name not in AXES or name == "learning_rate":
+            if name == "learning_rate" or not isinstance(name, str) or not name.isidentifier():
                 valid = [n for n in AXES if n != "learning_rate"]
                 raise ValueError(
-                    f"unknown axis {name!r}; valid axes: {valid} (learning rates have their own "
-                    "argument)"
+                    f"unknown axis {name!r}; valid axes: {valid} or a hyperparameter of the "
+                    "optimizer (learning rates have their own argument)"
                 )
             if name in seen:
                 raise ValueError(f"axis {name!r} is given twice")
             seen.add(name)
             for v in values:
-                AXES[name].check(v)
+                axis_rule(name).check(v)
             if name in LOSS_AXES and "square" not in names:
                 raise ValueError(f"axis {name!r} is read by the square loss only; add 'square'")
         for name in ("num_devices", "num_blocks"):

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 
 from softcls_jax.engine.layout import Layout
-from softcls_jax.optim import OPTIMIZERS, SCHEDULES
+from softcls_jax.optim import SCHEDULES, OptimizerLike, make_optimizer
 
 
 def is_int(x: object) -> bool:
@@ -18,7 +18,7 @@ def is_int(x: object) -> bool:
 class TrainSettings:
     """What every config of a grid shares besides model, data and its axis values."""
 
-    optimizer: str = "sgd"
+    optimizer: OptimizerLike = "sgd"  # a name of optim.OPTIMIZERS, or an optax-style factory
     steps: int = 2000
     batch_size: int = 128
     eval_every: int = 200
@@ -27,10 +27,7 @@ class TrainSettings:
     checked: bool = False  # checkify the label range inside the compiled chunk
 
     def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(
-                f"unknown optimizer {self.optimizer!r}; expected one of {list(OPTIMIZERS)}"
-            )
+        make_optimizer(self.optimizer)  # ValueError naming the valid ones
         if self.schedule not in SCHEDULES:
             raise ValueError(
                 f"unknown schedule {self.schedule!r}; expected one of {list(SCHEDULES)}"
@@ -44,7 +41,9 @@ class TrainSettings:
 
 
 def check_compatible(layout: Layout, settings: TrainSettings) -> None:
-    """``ValueError`` if the layout's axis values do not fit the settings (warm-up within steps)."""
+    """``ValueError`` if the layout's axes do not fit the settings: every axis is the project's or
+    a hyperparameter of the optimizer, the warm-up within the steps."""
+    make_optimizer(settings.optimizer, {name for name, _ in layout.axes})
     warmup = max(dict(layout.axes).get("warmup_steps", [0]))
     if warmup >= settings.steps:
         raise ValueError(f"warmup_steps must be < steps ({settings.steps}), got {warmup:g}")

@@ -142,7 +142,7 @@ def init(program: Program, init_keys: Array, hparams: dict[str, Array]) -> GridS
     params = jax.tree.map(lambda x: jnp.broadcast_to(x[:, None], (s, k, *x.shape[1:])), params)
     if "init_scale" in hparams:
         params = jax.vmap(jax.vmap(scale_kernels))(params, hparams["init_scale"])
-    opt_state = jax.vmap(jax.vmap(program.optimizer.init))(params)
+    opt_state = jax.vmap(jax.vmap(program.optimizer.init))(params, hparams)
     diverged_at = jnp.full((s, k), -1, jnp.int32)
     model_state = ()
     if program.model.stateful:  # one draw per seed, like the parameters; then one copy per config
