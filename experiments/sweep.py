@@ -211,6 +211,7 @@ def spec_from_flags() -> SweepSpec:
         select_on=FLAGS.select_on,
         standardize=FLAGS.standardize,
         checked=FLAGS.checked,
+        augment=FLAGS.augment,
     )
     try:
         spec.validate()

@@ -157,6 +157,7 @@ def run_grid(
     axes: Mapping[str, Sequence[float]] | None = None,
     optimizer: OptimizerLike = "sgd",
     schedule: str = "constant",
+    augment: str = "none",
     steps: int = 2000,
     batch_size: int = 128,
     eval_every: int = 200,
@@ -184,6 +185,8 @@ def run_grid(
         factory (``optax.adamw``), or your function ``fn(learning_rate, **hyperparameters) ->
         GradientTransformation``; its numeric keywords can be ``axes`` (``{"b1": (0.8, 0.9)}``).
       schedule, steps, batch_size, eval_every, data_seed: as :class:`TrainSettings`.
+      augment: ``none``, ``flip``, ``crop`` or ``crop_flip`` (:mod:`softcls_jax.augment`): the
+        training minibatches of an image data set, never validation or test.
       val_fraction: a data set without a validation split gets a stratified one of this fraction
         of its training data (seeded by ``data_seed``); 0 only with ``select_on="test"``.
       select_on: the split the ``selection`` section chooses on: ``"val"``, or ``"test"``
@@ -200,7 +203,9 @@ def run_grid(
     if dataset.x_val is None and val_fraction > 0:
         dataset = with_validation(dataset, val_fraction, seed=data_seed)
     layout = Layout(tuple(losses), tuple(learning_rates), tuple(seeds), axes or {})
-    settings = TrainSettings(optimizer, steps, batch_size, eval_every, schedule, data_seed)
+    settings = TrainSettings(
+        optimizer, steps, batch_size, eval_every, schedule, data_seed, augment=augment
+    )
     if workdir is not None:
         workdir = writable_dir(workdir)
     board = None if workdir is None else pathlib.Path(workdir) / TENSORBOARD

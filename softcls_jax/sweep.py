@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from softcls_jax import checkpoint, data, models, runner
+from softcls_jax.augment import AUGMENTATIONS
 from softcls_jax.engine import AXES, Layout, TrainSettings, axis_rule, check_compatible
 from softcls_jax.files import DirLock, LockedError, remove_temporaries, writable_dir
 from softcls_jax.losses import LOSSES
@@ -105,6 +106,13 @@ class SweepSpec:
         "deviation (constant features stay 0).",
         default=True,
     )
+    augment: str = _help(
+        "Augmentation of the training minibatches, image data only: none, flip (left-right), "
+        "crop (random crop after 4-pixel zero padding) or crop_flip; computed on the device, "
+        "seeded by the seed and the step, shared by the configs of a seed, never applied to "
+        "validation or test.",
+        default="none",
+    )
     checked: bool = False
 
     def __post_init__(self) -> None:
@@ -125,6 +133,7 @@ class SweepSpec:
             self.schedule,
             self.data_seed,
             self.checked,
+            self.augment,
         )
 
     def validate(self) -> None:
@@ -179,6 +188,11 @@ class SweepSpec:
             "activation",
             self.activation in models.ACTIVATIONS,
             f"unknown activation {self.activation!r}; expected one of {sorted(models.ACTIVATIONS)}",
+        )
+        _check(
+            "augment",
+            self.augment in AUGMENTATIONS,
+            f"unknown augmentation {self.augment!r}; expected one of {list(AUGMENTATIONS)}",
         )
         _check(
             "schedule",
@@ -249,6 +263,12 @@ def load_dataset(spec: SweepSpec) -> data.Dataset:
             f"{spec.batch_size} is larger than the training set of "
             f"{spec.dataset} ({full.x_train.shape[0]} examples){held}: the largest "
             f"allowed is {n_train}",
+        )
+    if spec.augment != "none" and dataset.image_shape is None:
+        raise SettingError(
+            "augment",
+            f"{spec.augment} needs image data (mnist5k, idx:DIR, cifar10:DIR); {spec.dataset} "
+            "holds flat features",
         )
     return dataset
 

@@ -252,7 +252,7 @@ class Sows(nnx.Module):
         return self.out(self.norm(x))
 
 
-@pytest.mark.filterwarnings("ignore:Using .Module.sow\(\). outside:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:Using 'Module.sow:DeprecationWarning")
 def test_modules_the_engine_cannot_handle_get_a_clear_error(blobs):
     with pytest.raises(ValueError, match=r"__call__\(x\) or __call__\(x, rngs=...\)"):
         models.from_nnx(NeedsTrainFlag, name="flagged")

@@ -94,6 +94,11 @@ class Trainer:
             except ValueError as e:
                 raise ValueError(f"{dataset.name}: {name}: {e}") from None
         check_compatible(layout, settings)
+        if settings.augment != "none" and dataset.image_shape is None:
+            raise ValueError(
+                f"augment={settings.augment!r} needs image data (mnist5k, idx:DIR, cifar10:DIR, or "
+                f"a Dataset with image_shape); {dataset.name} holds flat features"
+            )
         axes = dict(layout.axes)
         self.model, self.dataset, self.settings = model, dataset, settings
         self.devices = list(jax.devices() if devices is None else devices)
@@ -125,6 +130,8 @@ class Trainer:
             schedule=settings.schedule,
             num_classes=dataset.num_classes,
             checked=settings.checked,
+            augment=settings.augment,
+            image_shape=dataset.image_shape,
             mesh=self.mesh,
         )
         levels = tuple(axes.get("label_noise", (0.0,)))
@@ -145,8 +152,11 @@ class Trainer:
         self.init_keys, self.data_keys = key(0), key(1)
         # a stateful model's randomness (dropout): fold_in(key of the seed, step) inside the step
         rng_keys = key(2) if model.stateful else None
+        augment_keys = key(3) if settings.augment != "none" else None
         self.data = Data(
-            *(None if a is None else self._replicate(a) for a in arrays), rng_keys=rng_keys
+            *(None if a is None else self._replicate(a) for a in arrays),
+            rng_keys=rng_keys,
+            augment_keys=augment_keys,
         )
         self.hparams = {n: self._replicate(v) for n, v in self.layout.hparams().items()}
         self.loss_ids = self._replicate(self.layout.loss_of_k())

@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 
+from softcls_jax import augment
 from softcls_jax.engine.layout import Layout
 from softcls_jax.optim import SCHEDULES, OptimizerLike, make_optimizer
 
@@ -25,9 +26,11 @@ class TrainSettings:
     schedule: str = "constant"  # or "cosine" (to 0 at the last step); see optim.schedule_factor
     data_seed: int = 0  # seeds the label noise
     checked: bool = False  # checkify the label range inside the compiled chunk
+    augment: str = "none"  # none, flip, crop or crop_flip (softcls_jax.augment); image data only
 
     def __post_init__(self) -> None:
         make_optimizer(self.optimizer)  # ValueError naming the valid ones
+        augment.check(self.augment)
         if self.schedule not in SCHEDULES:
             raise ValueError(
                 f"unknown schedule {self.schedule!r}; expected one of {list(SCHEDULES)}"

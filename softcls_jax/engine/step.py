@@ -30,6 +30,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from softcls_jax.augment import augment_rows
 from softcls_jax.labels import check_labels_in_graph
 from softcls_jax.models import Model, scale_kernels
 from softcls_jax.optim import Optimizer, schedule_factor
@@ -76,6 +77,7 @@ class Data(NamedTuple):
     x_val: Array | None = None  # (V', D): the validation split, held out of the training data
     y_val: Array | None = None  # (V',) int32
     rng_keys: Array | None = None  # (S,) keys of a stateful model's per-step randomness
+    augment_keys: Array | None = None  # (S,) keys of the minibatches' augmentation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +93,8 @@ class Program:
       num_seeds, group_size, num_blocks: the layout's shape (``Layout``).
       batch_size, total_steps, schedule, num_classes: training settings.
       checked: check label ranges inside the compiled chunk (``checkify``).
+      augment: the training minibatches' augmentation (:mod:`softcls_jax.augment`), on images of
+        ``image_shape``; ``none`` for none.
       mesh: the devices' mesh; None on one device.
     """
 
@@ -107,6 +111,8 @@ class Program:
     schedule: str
     num_classes: int
     checked: bool = False
+    augment: str = "none"
+    image_shape: tuple[int, int, int] | None = None
     mesh: Mesh | None = None
 
 
@@ -326,12 +332,19 @@ def chunk(
             step, idx = step_and_idx  # idx: (S, B), or (B,) for one seed
             yb = data.y_train[:, idx]  # (V, S, B) or (V, B)
             yb = yb if one_seed else jnp.moveaxis(yb, 0, 1)
+            # the seed's keys at this step: the same on every device and after a resume
+            at_step = lambda keys: jax.vmap(jax.random.fold_in, (0, None))(keys, step)
             rng = None
-            if rng_keys is not None:  # the seed's key at this step: the same on every device
-                rng = jax.vmap(jax.random.fold_in, (0, None))(rng_keys, step)
-                rng = rng[0] if one_seed else rng
+            if rng_keys is not None:
+                rng = at_step(rng_keys)[0] if one_seed else at_step(rng_keys)
+            xb = data.x_train[idx]  # (S, B, D) or (B, D)
+            if program.augment != "none":  # on the seed's shared minibatch, before every config
+                shape, kind = program.image_shape, program.augment
+                one = lambda key, x: augment_rows(key, x, shape, kind)
+                keys = at_step(data.augment_keys)
+                xb = one(keys[0], xb) if one_seed else jax.vmap(one)(keys, xb)
             new_params, new_opt_state, new_model_state, grad_norm, finite, loss = step_fn(
-                params, opt_state, model_state, hparams, step, data.x_train[idx], yb, rng
+                params, opt_state, model_state, hparams, step, xb, yb, rng
             )
             finite = finite & jnp.isfinite(loss)
             alive = diverged_at < 0
