@@ -33,7 +33,7 @@ def main(mode: str, path: str) -> None:
     model = models.from_nnx(BNDropNet, name="bn_drop")
     # 3 rates: not a multiple of 4 devices
     layout = engine.Layout(("ce", "mse"), (0.01, 0.05, 0.2), (0, 1))
-    settings = engine.TrainSettings("adam", 60, 64, 20)
+    settings = engine.TrainSettings("momentum", 60, 64, 20)
 
     def kill_after_first_chunk(step, *_):
         if mode == "killed" and step == 20:
