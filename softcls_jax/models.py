@@ -511,6 +511,8 @@ class Model:
         statistics used and updated, dropout drawn; ``rng`` a key of the seed and the step).
       apply_eval: ``(params, state, x) -> logits`` in evaluation mode (running statistics, no
         dropout).
+      module: ``(params, state) -> nnx.Module`` in evaluation mode, holding one config's trained
+        variables (``state`` is ``()`` for a stateless model); None if the model has no module.
     """
 
     name: str
@@ -520,6 +522,7 @@ class Model:
     init_state: Callable[[Array], Any] | None = None
     apply_train: Callable[[Params, Any, Array, Array], tuple[Array, Any]] | None = None
     apply_eval: Callable[[Params, Any, Array], Array] | None = None
+    module: Callable[[Params, Any], nnx.Module] | None = None
 
     @property
     def stateful(self) -> bool:
@@ -610,7 +613,8 @@ def make_model(
         return nnx.merge(graphdef, params)(x)
 
     num_params = sum(leaf.size for leaf in jax.tree.leaves(abstract))
-    return Model(name, init, apply, num_params)
+    module = lambda params, state=(): nnx.merge(graphdef, params)
+    return Model(name, init, apply, num_params, module=module)
 
 
 CNN1D_KERNELS = (5, 3, 3)  # the conv stack of CNN1D: each conv has stride 2 and padding 1
@@ -721,7 +725,12 @@ def from_nnx(build: Callable[[nnx.Rngs], nnx.Module], name: str = "custom") -> M
         def apply(params: Params, x: Array) -> Array:
             return nnx.merge(graphdef, params)(x)
 
-        return Model(name, init, apply, num_params)
+        def module(params: Params, state: Any = ()) -> nnx.Module:
+            trained = nnx.merge(graphdef, params)
+            trained.eval()
+            return trained
+
+        return Model(name, init, apply, num_params, module=module)
     return _stateful_nnx(build, name, abstract, takes_rngs, num_params)
 
 
@@ -828,4 +837,7 @@ def _stateful_nnx(
             "apply_eval(params, state, x) or apply_train(params, state, x, rng)"
         )
 
-    return Model(name, init, apply, num_params, init_state, apply_train, apply_eval)
+    def module(params: Params, state: dict) -> nnx.Module:
+        return nnx.merge(eval_def, params, from_arrays(state))
+
+    return Model(name, init, apply, num_params, init_state, apply_train, apply_eval, module)

@@ -19,7 +19,7 @@ from typing import Any
 
 import jax
 
-from softcls_jax import checkpoint, results
+from softcls_jax import checkpoint, results, trained
 from softcls_jax.data import Dataset, with_validation
 from softcls_jax.engine import Layout, Trainer, TrainSettings
 from softcls_jax.engine.layout import LossLike
@@ -147,6 +147,23 @@ def describe(model: Model, dataset: Dataset, layout: Layout, settings: TrainSett
     }
 
 
+class GridResult(dict):
+    """What :func:`run_grid` returns: the results document (a ``dict``, as ``results.json``), and
+    the trained models.
+
+    Attributes:
+      selected: per loss, the configs of the setting chosen on validation (one per seed), each a
+        :class:`~softcls_jax.trained.Trained`: ``.module()`` is the ``nnx.Module`` in eval mode,
+        ``.apply(x)`` its logits.
+      params, model_state: every config's variables (leaves ``(S, K, ...)`` in the document's
+        config order) when ``keep_all=True``; None otherwise.
+    """
+
+    selected: dict[str, list[trained.Trained]]
+    params: Any = None
+    model_state: Any = None
+
+
 def run_grid(
     model: Model,
     dataset: Dataset,
@@ -166,7 +183,8 @@ def run_grid(
     select_on: str = "val",
     workdir: str | os.PathLike | None = None,
     on_progress: Progress | None = None,
-) -> dict[str, Any]:
+    keep_all: bool = False,
+) -> GridResult:
     """Trains the grid ``losses × learning_rates × axes × seeds`` as one compiled program.
 
     Example (a custom Flax NNX module and a custom loss; see the README):
@@ -192,12 +210,15 @@ def run_grid(
       select_on: the split the ``selection`` section chooses on: ``"val"``, or ``"test"``
         (optimistic, and said so in the summary).
       workdir: if given, writes results.json, results.csv, summary.md, plots and TensorBoard
-        events (``workdir/tensorboard``) there.
+        events (``workdir/tensorboard``) there, and the selected configs' variables
+        (``workdir/trained``, read back by :func:`softcls_jax.trained.load`).
       on_progress: called after every chunk with ``(step, steps, record, seconds)``.
+      keep_all: also give back every config's variables (``.params``, ``.model_state``).
 
     Returns:
-      The results.json document: ``settings``, ``axes``, ``environment``, ``configs`` (per config
-      its loss, axis values, seed, final metrics, divergence and curves) and ``timing``.
+      A :class:`GridResult`: the results.json document (``settings``, ``axes``, ``environment``,
+      ``configs`` — per config its loss, axis values, seed, final metrics, divergence and curves —,
+      ``selection`` and ``timing``) with the selected configs' trained models in ``.selected``.
     """
     check_selection(val_fraction, select_on)
     if dataset.x_val is None and val_fraction > 0:
@@ -209,7 +230,7 @@ def run_grid(
     if workdir is not None:
         workdir = writable_dir(workdir)
     board = None if workdir is None else pathlib.Path(workdir) / TENSORBOARD
-    document = run(
+    done = run(
         model,
         dataset,
         layout,
@@ -217,10 +238,15 @@ def run_grid(
         on_progress=on_progress,
         tensorboard_dir=board,
         select_on=select_on,
-    ).document
+    )
+    result = GridResult(done.document)
+    result.selected = trained.selected(done.document, done.params, done.model_state, model)
+    if keep_all:
+        result.params, result.model_state = done.params, done.model_state
     if workdir is not None and jax.process_index() == 0:
-        write_outputs(document, pathlib.Path(workdir))
-    return document
+        write_outputs(result, pathlib.Path(workdir))
+        trained.save(workdir, result.selected)
+    return result
 
 
 def check_selection(val_fraction: float, select_on: str) -> None:

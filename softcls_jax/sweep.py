@@ -23,7 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from softcls_jax import checkpoint, data, models, runner
+from softcls_jax import checkpoint, data, models, runner, trained
 from softcls_jax.augment import AUGMENTATIONS
 from softcls_jax.engine import AXES, Layout, TrainSettings, axis_rule, check_compatible
 from softcls_jax.files import DirLock, LockedError, remove_temporaries, writable_dir
@@ -349,6 +349,7 @@ def prepare_workdir(
         for name in (*OWNED_FILES, *runner.PLOTS):
             (workdir / name).unlink(missing_ok=True)
         shutil.rmtree(workdir / runner.TENSORBOARD, ignore_errors=True)
+        shutil.rmtree(workdir / trained.DIRECTORY, ignore_errors=True)
     elif spec_path.exists():
         try:
             previous = json.loads(spec_path.read_text())
@@ -489,6 +490,8 @@ def run_sweep(
             )
             if jax.process_index() == 0:  # on several hosts, only process 0 writes results
                 runner.write_outputs(result.document, workdir)
+                chosen = trained.selected(result.document, result.params, result.model_state, model)
+                trained.save(workdir, chosen)
         except checkpoint.CheckpointError as e:
             raise SettingError("workdir", f"{e}; remove it or use --overwrite") from None
         except OSError as e:  # out of space, a read-only disk: the last good checkpoint stays
@@ -499,3 +502,24 @@ def run_sweep(
                 "checkpoint stays, rerun to resume once there is room",
             ) from None
     return result.document
+
+
+def load_trained(
+    workdir: str | pathlib.Path, loss: str | None = None, seed: int | None = None
+) -> trained.Trained:
+    """A selected config of a CLI sweep's workdir, trained: its model rebuilt from ``spec.json``
+    (and the data set's sizes), its variables from ``workdir/trained``.
+
+    Example (after ``python -m experiments.sweep --workdir=runs/sweep``):
+      >>> best = load_trained("runs/sweep", loss="ce")  # doctest: +SKIP
+      >>> logits = best.module()(x)  # doctest: +SKIP
+    """
+    path = pathlib.Path(workdir) / SPEC_FILE
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a sweep's workdir ({e})") from None
+    settings = saved.get("spec", saved)
+    fields = {f.name for f in dataclasses.fields(SweepSpec)}
+    spec = SweepSpec(**{k: v for k, v in settings.items() if k in fields})
+    return trained.load(workdir, build_model(spec, load_dataset(spec)), loss, seed)
