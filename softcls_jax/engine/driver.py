@@ -41,6 +41,65 @@ def _loss_fn(loss: Any) -> Callable[..., jax.Array]:
     return losses_lib.get_loss(loss) if isinstance(loss, str) else loss
 
 
+def check_shapes(model: Model, losses: Sequence[Any], dataset: Dataset, smoothed: bool) -> None:
+    """``ValueError`` naming the model or loss, and the shapes it got and expected, unless the
+    model maps a batch ``(B, D)`` of the data to logits ``(B, C)`` and every loss given as a
+    function maps logits and labels (``(B,)`` ids, or ``(B, C)`` targets when ``smoothed``) to a
+    per-example ``(B,)``. Traced on one abstract batch (``jax.eval_shape``): nothing runs."""
+    b, d, c = 2, dataset.num_features, dataset.num_classes
+    x = jax.ShapeDtypeStruct((b, d), jnp.float32)
+    key = jax.random.key(0)
+
+    def forward(key: jax.Array, x: jax.Array) -> Any:
+        params = model.init(key)
+        if model.stateful:
+            return model.apply_eval(params, model.init_state(key), x)
+        return model.apply(params, x)
+
+    try:
+        logits = jax.eval_shape(forward, key, x)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(
+            f"model {model.name} fails on a batch of {dataset.name}'s shape {(b, d)} "
+            f"({d} features): {type(e).__name__}: {first}"
+        ) from None
+    if not isinstance(logits, jax.ShapeDtypeStruct) or logits.shape != (b, c):
+        got = (
+            f"shape {tuple(logits.shape)}"
+            if isinstance(logits, jax.ShapeDtypeStruct)
+            else f"a {type(logits).__name__}"
+        )
+        raise ValueError(
+            f"model {model.name} returns {got} for a batch of shape {(b, d)}; expected logits "
+            f"{(b, c)}: one per class of {dataset.name}'s {c} classes"
+        )
+    labels = (
+        jax.ShapeDtypeStruct((b, c), jnp.float32)
+        if smoothed
+        else jax.ShapeDtypeStruct((b,), jnp.int32)
+    )
+    for loss in losses:
+        if isinstance(loss, str):
+            continue  # the registry's losses have this signature
+        name = getattr(loss, "__name__", repr(loss))
+        try:
+            out = jax.eval_shape(loss, logits, labels)
+        except Exception as e:
+            raise ValueError(
+                f"loss {name} fails on logits {(b, c)} and labels {tuple(labels.shape)}: "
+                f"{type(e).__name__}: {e}"
+            ) from None
+        if not isinstance(out, jax.ShapeDtypeStruct) or out.shape != (b,):
+            got = (
+                f"shape {tuple(out.shape)}" if isinstance(out, jax.ShapeDtypeStruct) else type(out)
+            )
+            raise ValueError(
+                f"loss {name} returns {got} for logits {(b, c)} and labels "
+                f"{tuple(labels.shape)}; expected the per-example loss {(b,)}"
+            )
+
+
 class Trainer:
     """Trains every config of a layout together.
 
@@ -109,6 +168,7 @@ class Trainer:
             raise ValueError(f"block_configs must be an integer >= 0, got {block_configs!r}")
         self.layout = layout.arranged(len(self.devices), block_configs)
         self.mesh = Mesh(np.array(self.devices), ("configs",)) if len(self.devices) > 1 else None
+        check_shapes(model, layout.losses, dataset, "label_smoothing" in axes)
         optimizer = make_optimizer(settings.optimizer, set(axes))
         if not optimizer.legacy:  # every optimizer axis must trace as data (one compile for all)
             optimizer.check(jax.eval_shape(model.init, jax.random.key(0)))
