@@ -212,6 +212,9 @@ def spec_from_flags() -> SweepSpec:
         standardize=FLAGS.standardize,
         checked=FLAGS.checked,
         augment=FLAGS.augment,
+        weight_decay_mask=FLAGS.weight_decay_mask,
+        depth=number("depth", FLAGS.depth, int),
+        width=number("width", FLAGS.width, int),
     )
     try:
         spec.validate()

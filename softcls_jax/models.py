@@ -34,6 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from softcls_jax import resnet
+
 Array = jax.Array
 Params = Any  # an nnx.State pytree whose leaves are arrays
 
@@ -43,7 +45,7 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "tanh": jnp.tanh,
     "gelu": jax.nn.gelu,
 }
-MODELS = ("linear", "mlp", "cnn1d", "cnn2d", "gru")
+MODELS = ("linear", "mlp", "cnn1d", "cnn2d", "gru", "resnet")
 
 
 def _activation(name: str) -> Callable[[Array], Array]:
@@ -513,6 +515,8 @@ class Model:
         dropout).
       module: ``(params, state) -> nnx.Module`` in evaluation mode, holding one config's trained
         variables (``state`` is ``()`` for a stateless model); None if the model has no module.
+      decay_kernels_only: whether weight decay touches only the kernels (not biases or BatchNorm
+        scales) unless the settings say otherwise (``TrainSettings.weight_decay_mask``).
     """
 
     name: str
@@ -523,6 +527,7 @@ class Model:
     apply_train: Callable[[Params, Any, Array, Array], tuple[Array, Any]] | None = None
     apply_eval: Callable[[Params, Any, Array], Array] | None = None
     module: Callable[[Params, Any], nnx.Module] | None = None
+    decay_kernels_only: bool = False
 
     @property
     def stateful(self) -> bool:
@@ -541,8 +546,11 @@ def make_model(
     residual: bool = False,
     image_shape: Sequence[int] | None = None,
     pool: str = "max",
+    depth: int = 20,
+    width: int = 16,
 ) -> Model:
-    """Builds a :class:`Model` by name (``linear``, ``mlp``, ``cnn1d``, ``cnn2d`` or ``gru``).
+    """Builds a :class:`Model` by name (``linear``, ``mlp``, ``cnn1d``, ``cnn2d``, ``gru`` or
+    ``resnet``).
 
     Args:
       name: model name.
@@ -558,6 +566,9 @@ def make_model(
       residual: skip connections between equal-width hidden layers of ``mlp``.
       image_shape: ``(H, W, C)`` of ``cnn2d``'s input images (a data set's ``image_shape``).
       pool: ``cnn2d``'s 2×2 pooling, ``max`` or ``mean``.
+      depth, width: ``resnet``'s depth (6n + 2: 8, 14, 20, …) and first-stage channels
+        (:class:`softcls_jax.resnet.ResNet`; stateful, BatchNorm; weight decay on kernels only by
+        default).
 
     Raises:
       ValueError: unknown name, activation or pool, non-positive sizes or scale, a sequence too
@@ -570,6 +581,8 @@ def make_model(
         raise ValueError(
             f"need in_features >= 1 and num_classes >= 2, got {in_features}, {num_classes}"
         )
+    if name == "resnet":
+        return _resnet(in_features, num_classes, image_shape, depth, width, init_scale)
     if name == "cnn1d" and _cnn1d_out_length(in_features) < 1:
         shortest = next(n for n in range(1, 64) if _cnn1d_out_length(n) >= 1)
         raise ValueError(
@@ -661,15 +674,49 @@ def _check_cnn2d(
     return channels, shape
 
 
-def _is_kernel(path: tuple) -> bool:
+def _resnet(
+    in_features: int,
+    num_classes: int,
+    image_shape: Sequence[int] | None,
+    depth: int,
+    width: int,
+    init_scale: float,
+) -> Model:
+    """``resnet``: :class:`softcls_jax.resnet.ResNet` as a stateful :func:`from_nnx` model."""
+    if image_shape is None or math.prod(image_shape) != in_features or len(image_shape) != 3:
+        raise ValueError(
+            f"resnet needs the images' shape (H, W, C) matching in_features {in_features}, got "
+            f"{image_shape!r}: use an image data set (mnist5k, idx:DIR, cifar10:DIR)"
+        )
+    resnet.blocks_per_stage(depth)  # ValueError for another depth
+    if not isinstance(width, int) or width < 1:
+        raise ValueError(f"resnet width must be a positive int, got {width!r}")
+    if not init_scale > 0:
+        raise ValueError(f"init_scale must be > 0, got {init_scale}")
+    shape = tuple(int(v) for v in image_shape)
+    build = lambda rngs: resnet.ResNet(shape, num_classes, depth, width, rngs=rngs)
+    model = from_nnx(build, name="resnet")
+    init = model.init
+    if init_scale != 1:
+        init = lambda key: scale_kernels(model.init(key), init_scale)
+    return dataclasses.replace(model, init=init, decay_kernels_only=True)
+
+
+def is_kernel(path: tuple) -> bool:
+    """Whether a parameter's pytree path names a ``kernel`` (weight matrices and conv filters)."""
     return any(getattr(k, "key", None) == "kernel" for k in path)
+
+
+def kernel_mask(params: Params) -> Any:
+    """``params``' tree of bools: True at every kernel (what kernels-only weight decay touches)."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: is_kernel(path), params)
 
 
 def scale_kernels(params: Params, scale: Array | float) -> Params:
     """``params`` with every leaf named ``kernel`` (weight matrices and conv filters, also of a
     user's :func:`from_nnx` model) multiplied by ``scale``; biases unchanged. ``scale`` may be traced."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, w: w * scale if _is_kernel(path) else w, params
+        lambda path, w: w * scale if is_kernel(path) else w, params
     )
 
 

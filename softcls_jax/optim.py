@@ -38,6 +38,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from softcls_jax.models import kernel_mask
+
 SCHEDULES = ("constant", "cosine")
 MOMENTUM = 0.9
 LEGACY = ("sgd", "momentum", "adam")  # the project's own chains (results pinned by tests)
@@ -108,11 +110,14 @@ class Optimizer:
         nothing.
       factory: ``fn(learning_rate, **keywords) -> GradientTransformation``; None for a registry
         name (looked up in :data:`FACTORIES`).
+      kernels_only: weight decay touches only the parameters named ``kernel`` (an optax mask),
+        not biases or BatchNorm scales.
     """
 
     name: str
     axes: frozenset[str] = frozenset()
     factory: Callable[..., optax.GradientTransformation] | None = None
+    kernels_only: bool = False
 
     def __post_init__(self) -> None:
         if self.factory is None and self.name not in FACTORIES:
@@ -161,12 +166,22 @@ class Optimizer:
                 kwargs[axis] = hparams[axis]
             elif axis == "momentum":  # Adam-like: the project's momentum axis is b1
                 kwargs["b1"] = hparams[axis]
+        mask = self._mask_keyword()
+        if self.kernels_only and mask is not None:  # the factory's own decay, on kernels only
+            kwargs[mask] = kernel_mask
         tx = self._factory(learning_rate=learning_rate, **kwargs)
         if "weight_decay" in self.axes and "weight_decay" not in kwargs:  # decoupled, as legacy
-            tx = optax.chain(
-                tx, optax.add_decayed_weights(-learning_rate * hparams["weight_decay"])
-            )
+            decay = -learning_rate * hparams["weight_decay"]
+            tx = optax.chain(tx, optax.add_decayed_weights(decay, mask=self._mask()))
         return tx
+
+    def _mask(self) -> Callable[[Any], Any] | None:
+        return kernel_mask if self.kernels_only else None
+
+    def _mask_keyword(self) -> str | None:
+        """The factory's keyword for its weight decay's mask (``mask`` of adamw, lion, lamb, …)."""
+        params = inspect.signature(self._factory).parameters
+        return next((k for k in ("mask", "weight_decay_mask") if k in params), None)
 
     def _legacy_chain(
         self, hparams: Mapping[str, jax.Array], learning_rate: jax.Array | float
@@ -177,7 +192,7 @@ class Optimizer:
         else:
             parts = [] if momentum is None else [optax.trace(decay=momentum)]
         if "weight_decay" in hparams:
-            parts.append(optax.add_decayed_weights(hparams["weight_decay"]))
+            parts.append(optax.add_decayed_weights(hparams["weight_decay"], mask=self._mask()))
         return optax.chain(*parts, optax.scale_by_learning_rate(learning_rate))
 
     def init(
@@ -254,7 +269,9 @@ class Optimizer:
 
 
 def make_optimizer(
-    optimizer: OptimizerLike, axes: frozenset[str] | set[str] = frozenset()
+    optimizer: OptimizerLike,
+    axes: frozenset[str] | set[str] = frozenset(),
+    kernels_only: bool = False,
 ) -> Optimizer:
     """The optimizer (a registry name, an optax factory, or a function of the hyperparameters
     returning a ``GradientTransformation``) with the grid's optimizer ``axes`` as data.
@@ -269,13 +286,13 @@ def make_optimizer(
     """
     own = frozenset(a for a in axes if a not in PROJECT_AXES)
     if isinstance(optimizer, str):
-        return Optimizer(optimizer, own)
+        return Optimizer(optimizer, own, kernels_only=kernels_only)
     if not callable(optimizer):
         raise ValueError(
             f"an optimizer is a name of {list(OPTIMIZERS)} or a function returning an optax "
             f"GradientTransformation, got {optimizer!r}"
         )
-    return Optimizer(optimizer_name(optimizer), own, optimizer)
+    return Optimizer(optimizer_name(optimizer), own, optimizer, kernels_only)
 
 
 # value rules of common optimizer hyperparameters (any other: a finite number)

@@ -175,6 +175,7 @@ def run_grid(
     optimizer: OptimizerLike = "sgd",
     schedule: str = "constant",
     augment: str = "none",
+    weight_decay_mask: str = "model",
     steps: int = 2000,
     batch_size: int = 128,
     eval_every: int = 200,
@@ -205,6 +206,8 @@ def run_grid(
       schedule, steps, batch_size, eval_every, data_seed: as :class:`TrainSettings`.
       augment: ``none``, ``flip``, ``crop`` or ``crop_flip`` (:mod:`softcls_jax.augment`): the
         training minibatches of an image data set, never validation or test.
+      weight_decay_mask: what weight decay touches: ``model`` (the model's default: kernels only
+        for ``resnet``, all parameters elsewhere), ``all``, or ``kernels`` (an optax mask).
       val_fraction: a data set without a validation split gets a stratified one of this fraction
         of its training data (seeded by ``data_seed``); 0 only with ``select_on="test"``.
       select_on: the split the ``selection`` section chooses on: ``"val"``, or ``"test"``
@@ -225,7 +228,14 @@ def run_grid(
         dataset = with_validation(dataset, val_fraction, seed=data_seed)
     layout = Layout(tuple(losses), tuple(learning_rates), tuple(seeds), axes or {})
     settings = TrainSettings(
-        optimizer, steps, batch_size, eval_every, schedule, data_seed, augment=augment
+        optimizer,
+        steps,
+        batch_size,
+        eval_every,
+        schedule,
+        data_seed,
+        augment=augment,
+        weight_decay_mask=weight_decay_mask,
     )
     if workdir is not None:
         workdir = writable_dir(workdir)

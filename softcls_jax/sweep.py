@@ -26,6 +26,7 @@ import numpy as np
 from softcls_jax import checkpoint, data, models, runner, trained
 from softcls_jax.augment import AUGMENTATIONS
 from softcls_jax.engine import AXES, Layout, TrainSettings, axis_rule, check_compatible
+from softcls_jax.engine.settings import DECAY_MASKS
 from softcls_jax.files import DirLock, LockedError, remove_temporaries, writable_dir
 from softcls_jax.losses import LOSSES
 from softcls_jax.optim import OPTIMIZERS, SCHEDULES, make_optimizer
@@ -61,10 +62,13 @@ class SweepSpec:
     )
     model: str = _help(
         "Model: linear (softmax regression), mlp, cnn1d (sequences), cnn2d (images, "
-        "LeNet-5 sizes) or gru (sequences; the MNIST-1D paper's bidirectional GRU, "
-        "6 units per direction).",
+        "LeNet-5 sizes), gru (sequences; the MNIST-1D paper's bidirectional GRU, "
+        "6 units per direction) or resnet (images; the CIFAR ResNet with BatchNorm, --depth, "
+        "--width).",
         default="mlp",
     )
+    depth: int = _help("resnet: depth 6n + 2 (8, 14, 20, ...).", default=20)
+    width: int = _help("resnet: channels of the first stage (then 2x and 4x).", default=16)
     hidden: tuple[int, ...] = (128,)
     activation: str = _help(
         "Hidden activation of the mlp: relu, sigmoid, tanh or gelu.", default="relu"
@@ -113,6 +117,12 @@ class SweepSpec:
         "validation or test.",
         default="none",
     )
+    weight_decay_mask: str = _help(
+        "What weight decay touches: model (the model's default: kernels only for resnet, all "
+        "parameters elsewhere), all, or kernels (weights named kernel; not biases or BatchNorm "
+        "scales; an optax mask).",
+        default="model",
+    )
     checked: bool = False
 
     def __post_init__(self) -> None:
@@ -134,6 +144,7 @@ class SweepSpec:
             self.data_seed,
             self.checked,
             self.augment,
+            self.weight_decay_mask,
         )
 
     def validate(self) -> None:
@@ -189,6 +200,15 @@ class SweepSpec:
             self.activation in models.ACTIVATIONS,
             f"unknown activation {self.activation!r}; expected one of {sorted(models.ACTIVATIONS)}",
         )
+        _check(
+            "weight_decay_mask",
+            self.weight_decay_mask in DECAY_MASKS,
+            f"unknown weight_decay_mask {self.weight_decay_mask!r}; expected one of "
+            f"{list(DECAY_MASKS)}",
+        )
+        for name in ("depth", "width"):
+            value = getattr(self, name)
+            _check(name, _is_int(value) and value >= 1, f"must be an integer >= 1, got {value!r}")
         _check(
             "augment",
             self.augment in AUGMENTATIONS,
@@ -282,6 +302,7 @@ def build_model(spec: SweepSpec, dataset: data.Dataset) -> models.Model:
     kwargs = {
         "cnn2d": {"image_shape": dataset.image_shape},
         "gru": {},  # the MNIST-1D paper's sizes
+        "resnet": {"image_shape": dataset.image_shape, "depth": spec.depth, "width": spec.width},
     }.get(spec.model, {"hidden": spec.hidden, "activation": spec.activation})
     try:
         return models.make_model(spec.model, dataset.num_features, dataset.num_classes, **kwargs)

@@ -169,7 +169,9 @@ class Trainer:
         self.layout = layout.arranged(len(self.devices), block_configs)
         self.mesh = Mesh(np.array(self.devices), ("configs",)) if len(self.devices) > 1 else None
         check_shapes(model, layout.losses, dataset, "label_smoothing" in axes)
-        optimizer = make_optimizer(settings.optimizer, set(axes))
+        mask = settings.weight_decay_mask
+        kernels_only = mask == "kernels" or (mask == "model" and model.decay_kernels_only)
+        optimizer = make_optimizer(settings.optimizer, set(axes), kernels_only)
         if not optimizer.legacy:  # every optimizer axis must trace as data (one compile for all)
             optimizer.check(jax.eval_shape(model.init, jax.random.key(0)))
         loss_hparams = tuple(

@@ -10,6 +10,8 @@ from softcls_jax import augment
 from softcls_jax.engine.layout import Layout
 from softcls_jax.optim import SCHEDULES, OptimizerLike, make_optimizer
 
+DECAY_MASKS = ("model", "all", "kernels")
+
 
 def is_int(x: object) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
@@ -27,10 +29,18 @@ class TrainSettings:
     data_seed: int = 0  # seeds the label noise
     checked: bool = False  # checkify the label range inside the compiled chunk
     augment: str = "none"  # none, flip, crop or crop_flip (softcls_jax.augment); image data only
+    # what weight decay touches: "model" (the model's default: kernels only for resnet, else all
+    # parameters), "all", or "kernels" (weights named kernel; not biases or BatchNorm scales)
+    weight_decay_mask: str = "model"
 
     def __post_init__(self) -> None:
         make_optimizer(self.optimizer)  # ValueError naming the valid ones
         augment.check(self.augment)
+        if self.weight_decay_mask not in DECAY_MASKS:
+            raise ValueError(
+                f"unknown weight_decay_mask {self.weight_decay_mask!r}; expected one of "
+                f"{list(DECAY_MASKS)}"
+            )
         if self.schedule not in SCHEDULES:
             raise ValueError(
                 f"unknown schedule {self.schedule!r}; expected one of {list(SCHEDULES)}"
