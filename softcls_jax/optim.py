@@ -65,7 +65,7 @@ FACTORIES: dict[str, Callable[..., optax.GradientTransformation]] = {
 OPTIMIZERS = tuple(FACTORIES)
 # axes the engine reads itself; every other axis is an optimizer hyperparameter
 PROJECT_AXES = ("learning_rate", "label_smoothing", "init_scale", "k", "M", "warmup_steps")
-PROJECT_AXES += ("label_noise",)
+PROJECT_AXES += ("label_noise", "width", "depth")
 
 OptimizerLike = str | Callable[..., optax.GradientTransformation]
 

@@ -20,6 +20,7 @@ from typing import Any
 import jax
 
 from softcls_jax import checkpoint, results, trained
+from softcls_jax import plan as plan_lib
 from softcls_jax.data import Dataset, with_validation
 from softcls_jax.engine import Layout, Trainer, TrainSettings
 from softcls_jax.engine.layout import LossLike
@@ -41,10 +42,12 @@ class Run:
     params: Any
     layout: Layout
     model_state: Any = ()
+    selected: dict[str, list[trained.Trained]] | None = None
+    parts: tuple[Run, ...] = ()  # per architecture of a plan of several (params None above)
 
 
 def run(
-    model: Model,
+    model: Model | plan_lib.ModelFor,
     dataset: Dataset,
     layout: Layout,
     settings: TrainSettings,
@@ -58,6 +61,11 @@ def run(
     select_on: str = "val",
 ) -> Run:
     """Trains every config of ``layout``; checkpoints after every chunk if ``checkpoint_path``.
+
+    A layout with architecture axes (``width``, ``depth``: :mod:`softcls_jax.plan`) trains one
+    program per architecture, one after the other, each with its own checkpoint
+    (``NAME.archI.EXT``), into one document; ``model`` is then a factory
+    ``model(width=…, depth=…) -> Model`` taking those axes.
 
     Args:
       model, dataset, layout, settings: what to train.
@@ -77,6 +85,94 @@ def run(
         that is corrupted or not of this grid.
       OSError: a checkpoint could not be written (out of space, …); the last good one stays.
     """
+    plan = plan_lib.Plan.of(layout)
+    is_model = isinstance(model, Model)
+    if is_model == plan.architectures:
+        raise ValueError(
+            "width and depth axes need a model factory, model(width=..., depth=...) -> Model"
+            if is_model
+            else f"a model factory ({model!r}) needs width or depth axes; otherwise pass a Model"
+        )
+    kwargs = dict(
+        checkpoint_path=checkpoint_path,
+        resume=resume,
+        on_progress=on_progress,
+        on_resume=on_resume,
+        tensorboard_dir=tensorboard_dir,
+        select_on=select_on,
+    )
+    if is_model:
+        return _run_one(model, dataset, layout, settings, described=described, **kwargs)
+    return _run_plan(plan, model, dataset, settings, described=described, **kwargs)
+
+
+def _run_plan(
+    plan: plan_lib.Plan,
+    model_for: plan_lib.ModelFor,
+    dataset: Dataset,
+    settings: TrainSettings,
+    *,
+    described: Mapping[str, Any] | None,
+    checkpoint_path: str | os.PathLike | None,
+    resume: bool,
+    on_progress: Progress | None,
+    on_resume: Callable[[int], None] | None,
+    tensorboard_dir: str | os.PathLike | None,
+    select_on: str,
+) -> Run:
+    """:func:`run` of a plan of several architectures, one program each, one document."""
+    done, models = [], []
+    total = len(plan.parts) * settings.steps
+    for part in plan.parts:
+        model = plan_lib.model_of(model_for, part)
+        if described is None:
+            described = describe(model, dataset, plan.layout, settings)
+        path = plan.checkpoint(checkpoint_path, part)
+        offset = part.index * settings.steps
+        progress = None
+        if on_progress is not None:
+            progress = lambda step, _, record, s, offset=offset: on_progress(
+                offset + step, total, record, s
+            )
+        done.append(
+            _run_one(
+                model,
+                dataset,
+                part.layout,
+                settings,
+                described=described,
+                checkpoint_path=path,
+                resume=resume and path is not None and path.exists(),
+                on_progress=progress,
+                on_resume=on_resume,
+                tensorboard_dir=tensorboard_dir,
+                select_on=select_on,
+                extra_axes=part.architecture,
+            )
+        )
+        models.append(model)
+    document = plan_lib.merge_documents(plan, [r.document for r in done], select_on)
+    parts = [(r.document, r.params, r.model_state, m) for r, m in zip(done, models, strict=True)]
+    chosen = plan_lib.selected(plan, document, parts)
+    return Run(document, None, plan.layout, None, chosen, tuple(done))
+
+
+def _run_one(
+    model: Model,
+    dataset: Dataset,
+    layout: Layout,
+    settings: TrainSettings,
+    *,
+    described: Mapping[str, Any] | None,
+    checkpoint_path: str | os.PathLike | None,
+    resume: bool,
+    on_progress: Progress | None,
+    on_resume: Callable[[int], None] | None,
+    tensorboard_dir: str | os.PathLike | None,
+    select_on: str,
+    extra_axes: tuple[tuple[str, float], ...] = (),
+) -> Run:
+    """:func:`run` of one program (a layout without architecture axes)."""
     start = time.perf_counter()
     trainer = Trainer(model, dataset, layout, settings)
     state, history = None, None
@@ -92,7 +188,7 @@ def run(
     if tensorboard_dir is not None and jax.process_index() == 0:
         from softcls_jax.tensorboard import GridLog
 
-        log = GridLog(tensorboard_dir, layout)
+        log = GridLog(tensorboard_dir, layout, extra_axes)
     logged = len(history or [])  # a resumed run logs only its new records
 
     def on_chunk(state: Any, history: list[dict]) -> None:
@@ -130,7 +226,8 @@ def run(
         described, trainer.layout, history, trainer.diverged_steps(state), timing, select_on
     )
     params, model_state = trainer.real_variables(state)
-    return Run(document, params, trainer.layout, model_state)
+    chosen = trained.selected(document, params, model_state, model)
+    return Run(document, params, trainer.layout, model_state, chosen)
 
 
 def describe(model: Model, dataset: Dataset, layout: Layout, settings: TrainSettings) -> dict:
@@ -165,7 +262,7 @@ class GridResult(dict):
 
 
 def run_grid(
-    model: Model,
+    model: Model | plan_lib.ModelFor,
     dataset: Dataset,
     *,
     losses: Sequence[LossLike] = ("ce",),
@@ -250,9 +347,12 @@ def run_grid(
         select_on=select_on,
     )
     result = GridResult(done.document)
-    result.selected = trained.selected(done.document, done.params, done.model_state, model)
-    if keep_all:
+    result.selected = done.selected
+    if keep_all:  # with architecture axes: one tree per architecture, in the plan's order
         result.params, result.model_state = done.params, done.model_state
+        if done.parts:
+            result.params = [p.params for p in done.parts]
+            result.model_state = [p.model_state for p in done.parts]
     if workdir is not None and jax.process_index() == 0:
         write_outputs(result, pathlib.Path(workdir))
         trained.save(workdir, result.selected)

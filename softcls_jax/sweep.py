@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import hashlib
 import importlib.metadata
+import itertools
 import json
 import pathlib
 import shutil
@@ -26,6 +27,7 @@ import numpy as np
 from softcls_jax import checkpoint, data, models, runner, trained
 from softcls_jax.augment import AUGMENTATIONS
 from softcls_jax.engine import AXES, Layout, TrainSettings, axis_rule, check_compatible
+from softcls_jax.engine.layout import ARCH_AXES
 from softcls_jax.engine.settings import DECAY_MASKS
 from softcls_jax.files import DirLock, LockedError, remove_temporaries, writable_dir
 from softcls_jax.losses import LOSSES
@@ -209,6 +211,12 @@ class SweepSpec:
         for name in ("depth", "width"):
             value = getattr(self, name)
             _check(name, _is_int(value) and value >= 1, f"must be an integer >= 1, got {value!r}")
+        for name, _ in self.axes:
+            _check(
+                "axis",
+                name not in ARCH_AXES or self.model in ARCH_MODELS,
+                f"{name} is an axis of the models {list(ARCH_MODELS)} only, not {self.model}",
+            )
         _check(
             "augment",
             self.augment in AUGMENTATIONS,
@@ -293,6 +301,29 @@ def load_dataset(spec: SweepSpec) -> data.Dataset:
     return dataset
 
 
+ARCH_MODELS = ("mlp", "resnet")  # the models whose width and depth can be axes
+
+
+def model_or_factory(spec: SweepSpec, dataset: data.Dataset) -> Any:
+    """The spec's model, or with ``width`` / ``depth`` axes a factory ``(width=…, depth=…) ->
+    Model`` of its architectures (each checked here, before anything trains): for ``resnet`` its
+    depth and first-stage width, for ``mlp`` ``depth`` hidden layers of ``width`` units."""
+    arch = {name: values for name, values in spec.axes if name in ARCH_AXES}
+    if not arch:
+        return build_model(spec, dataset)
+
+    def factory(**values: int) -> models.Model:
+        if spec.model == "mlp":
+            width = values.get("width", spec.hidden[0])
+            depth = values.get("depth", len(spec.hidden))
+            return build_model(dataclasses.replace(spec, hidden=(width,) * depth), dataset)
+        return build_model(dataclasses.replace(spec, **values), dataset)
+
+    for combo in itertools.product(*arch.values()):
+        factory(**{n: int(v) for n, v in zip(arch, combo, strict=True)})
+    return factory
+
+
 def build_model(spec: SweepSpec, dataset: data.Dataset) -> models.Model:
     """The spec's model for ``dataset`` (its initial scale is the ``init_scale`` axis).
 
@@ -312,6 +343,7 @@ def build_model(spec: SweepSpec, dataset: data.Dataset) -> models.Model:
 
 SPEC_FILE = "spec.json"
 OWNED_FILES = ("results.json", "results.csv", "summary.md", checkpoint.FILENAME, SPEC_FILE)
+CHECKPOINTS = "checkpoint*.msgpack"  # checkpoint.FILENAME, or checkpoint.archI.msgpack per part
 VERSIONED = ("jax", "jaxlib", "flax", "optax", "numpy")  # packages whose versions change numerics
 
 
@@ -371,6 +403,8 @@ def prepare_workdir(
             (workdir / name).unlink(missing_ok=True)
         shutil.rmtree(workdir / runner.TENSORBOARD, ignore_errors=True)
         shutil.rmtree(workdir / trained.DIRECTORY, ignore_errors=True)
+        for path in workdir.glob(CHECKPOINTS):  # one per architecture of a plan
+            path.unlink(missing_ok=True)
     elif spec_path.exists():
         try:
             previous = json.loads(spec_path.read_text())
@@ -390,7 +424,7 @@ def prepare_workdir(
                 f"{workdir} holds a sweep {_fingerprint_change(recorded, fingerprint)}; use another "
                 "--workdir, or --overwrite to replace it",
             )
-        return (workdir / checkpoint.FILENAME).exists()
+        return any(workdir.glob(CHECKPOINTS))
     if jax.process_index() == 0:  # on several hosts, only process 0 writes
         from softcls_jax.results import atomic_write_json
 
@@ -491,7 +525,7 @@ def run_sweep(
     if not str(workdir).strip():
         raise SettingError("workdir", "must not be empty")
     dataset = load_dataset(spec)
-    model = build_model(spec, dataset)
+    model = model_or_factory(spec, dataset)
     prints = fingerprint(spec, dataset)
     workdir = pathlib.Path(workdir)
     with claim_workdir(spec, workdir, overwrite, prints) as resumable:
@@ -511,8 +545,7 @@ def run_sweep(
             )
             if jax.process_index() == 0:  # on several hosts, only process 0 writes results
                 runner.write_outputs(result.document, workdir)
-                chosen = trained.selected(result.document, result.params, result.model_state, model)
-                trained.save(workdir, chosen)
+                trained.save(workdir, result.selected)
         except checkpoint.CheckpointError as e:
             raise SettingError("workdir", f"{e}; remove it or use --overwrite") from None
         except OSError as e:  # out of space, a read-only disk: the last good checkpoint stays
@@ -543,4 +576,4 @@ def load_trained(
     settings = saved.get("spec", saved)
     fields = {f.name for f in dataclasses.fields(SweepSpec)}
     spec = SweepSpec(**{k: v for k, v in settings.items() if k in fields})
-    return trained.load(workdir, build_model(spec, load_dataset(spec)), loss, seed)
+    return trained.load(workdir, model_or_factory(spec, load_dataset(spec)), loss, seed)

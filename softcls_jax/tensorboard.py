@@ -12,6 +12,7 @@ so a grid of thousands of configs costs thousands of small appends per chunk, no
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import pathlib
@@ -50,13 +51,23 @@ class GridLog:
     Args:
       logdir: the ``tensorboard`` directory (created if needed).
       layout: the grid: which config each ``(s, k)`` of a record is.
+      extra: axis values every config of ``layout`` shares (its architecture in a plan of
+        several), part of each run's name and HParams.
     """
 
-    def __init__(self, logdir: str | os.PathLike, layout: Layout):
+    def __init__(
+        self,
+        logdir: str | os.PathLike,
+        layout: Layout,
+        extra: tuple[tuple[str, float], ...] = (),
+    ):
         from tensorboardX.proto.event_pb2 import Event
         from tensorboardX.summary import hparams
 
-        self._event, self._configs = Event, layout.configs()
+        configs = layout.configs()
+        if extra:
+            configs = [dataclasses.replace(c, hparams=(*c.hparams, *extra)) for c in configs]
+        self._event, self._configs = Event, configs
         self._paths = []
         for config in self._configs:
             run = pathlib.Path(logdir) / run_name(config)

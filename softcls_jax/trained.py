@@ -17,13 +17,14 @@ import dataclasses
 import json
 import pathlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx, serialization
 
+from softcls_jax.engine.layout import ARCH_AXES
 from softcls_jax.files import atomic_write
 from softcls_jax.models import Model
 
@@ -108,10 +109,15 @@ def save(workdir: str | pathlib.Path, chosen: Mapping[str, Sequence[Trained]]) -
 
 
 def load(
-    workdir: str | pathlib.Path, model: Model, loss: str | None = None, seed: int | None = None
+    workdir: str | pathlib.Path,
+    model: Model | Callable[..., Model],
+    loss: str | None = None,
+    seed: int | None = None,
 ) -> Trained:
     """A saved config of ``workdir/trained`` as :class:`Trained`, with ``model`` (the one it was
-    trained as: ``softcls_jax.sweep.load_trained`` rebuilds it for a CLI workdir).
+    trained as, or for a grid over architectures the factory ``model(width=…, depth=…)``, called
+    with the saved config's values; ``softcls_jax.sweep.load_trained`` rebuilds either for a CLI
+    workdir).
 
     Args:
       loss: which loss's selected setting (default: the only one, or the first saved).
@@ -134,6 +140,8 @@ def load(
         have = [(c["loss"], c["seed"]) for c in index]
         raise ValueError(f"{directory}: no trained config of loss={loss}, seed={seed}; has {have}")
     entry = dict(matches[0])
+    if not isinstance(model, Model):  # a factory of the architectures of a plan
+        model = model(**{k: int(entry[k]) for k in ARCH_AXES if k in entry})
     raw = serialization.msgpack_restore((directory / entry.pop("file")).read_bytes())
     params = jax.eval_shape(model.init, jax.random.key(0))
     state = jax.eval_shape(model.init_state, jax.random.key(0)) if model.stateful else ()

@@ -132,6 +132,14 @@ AXES: dict[str, Axis] = {
     )
 }
 LOSS_AXES = ("k", "M")  # axes only the square loss reads
+# axes that change the model's shapes: each value is its own compiled program (softcls_jax.plan)
+ARCH_AXES: dict[str, Axis] = {
+    a.name: a
+    for a in (
+        Axis("width", None, "an integer >= 1", lambda v: v >= 1 and v == int(v), "model width"),
+        Axis("depth", None, "an integer >= 1", lambda v: v >= 1 and v == int(v), "model depth"),
+    )
+}
 
 
 def axis_rule(name: str) -> Axis:
@@ -140,6 +148,8 @@ def axis_rule(name: str) -> Axis:
     such a hyperparameter is checked with the settings (:func:`check_compatible`)."""
     if name in AXES:
         return AXES[name]
+    if name in ARCH_AXES:
+        return ARCH_AXES[name]
     rule, ok = hyperparameter_rule(name)
     return Axis(name, None, rule, ok, f"hyperparameter {name} of the optimizer")
 
