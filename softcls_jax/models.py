@@ -781,6 +781,9 @@ def from_nnx(build: Callable[[nnx.Rngs], nnx.Module], name: str = "custom") -> M
     return _stateful_nnx(build, name, abstract, takes_rngs, num_params)
 
 
+MODE_ARGUMENTS = ("train", "training", "deterministic", "use_running_average", "is_training")
+
+
 def _takes_rngs(name: str, module: nnx.Module) -> bool:
     """Whether ``module.__call__`` takes ``rngs``; ValueError for other required arguments."""
     try:
@@ -796,6 +799,8 @@ def _takes_rngs(name: str, module: nnx.Module) -> bool:
         and p.kind in (*positional, inspect.Parameter.KEYWORD_ONLY)
         and p.name != "rngs"
     ]
+    # a mode flag would keep its default (say, eval mode) in training: the mode is the module's
+    required += [p.name for p in params[1:] if p.name in MODE_ARGUMENTS]
     if not params or required:
         raise ValueError(
             f"{name}: the module's __call__ takes {[p.name for p in params]}; the engine calls "

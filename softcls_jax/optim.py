@@ -128,10 +128,22 @@ class Optimizer:
                 "GradientTransformation"
             )
         keywords = numeric_keywords(self._factory)
+        native_decay = keywords is None or "weight_decay" in keywords
+        if self.kernels_only and native_decay and self._mask_keyword() is None:
+            raise ValueError(
+                f"optimizer {self.name} decays its weights itself and takes no mask, so its decay "
+                "cannot be kept to the kernels: use weight_decay_mask='all' "
+                "(--weight_decay_mask=all) or an optimizer with a mask (adamw, lion, lamb, ...)"
+            )
         for axis in sorted(self.axes):
             if axis in ("weight_decay",) or keywords is None or axis in keywords:
                 continue
             if axis == "momentum" and "b1" in keywords:
+                if "b1" in self.axes:
+                    raise ValueError(
+                        f"momentum and b1 are both axes of optimizer {self.name}, whose momentum "
+                        "is b1: give one of them"
+                    )
                 continue
             valid = sorted({"momentum", "weight_decay", *(keywords or {})})
             raise ValueError(

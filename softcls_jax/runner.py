@@ -116,11 +116,11 @@ def _run_plan(
     checkpoint_path: str | os.PathLike | None,
     resume: bool,
     on_progress: Progress | None,
-    on_resume: Callable[[int], None] | None,
-    tensorboard_dir: str | os.PathLike | None,
     select_on: str,
+    **rest: Any,
 ) -> Run:
-    """:func:`run` of a plan of several architectures, one program each, one document."""
+    """:func:`run` of a plan of several architectures, one program each, one document; ``rest``:
+    :func:`_run_one`'s other arguments, the same for every part."""
     done, models = [], []
     total = len(plan.parts) * settings.steps
     for part in plan.parts:
@@ -144,10 +144,9 @@ def _run_plan(
                 checkpoint_path=path,
                 resume=resume and path is not None and path.exists(),
                 on_progress=progress,
-                on_resume=on_resume,
-                tensorboard_dir=tensorboard_dir,
                 select_on=select_on,
                 extra_axes=part.architecture,
+                **rest,
             )
         )
         models.append(model)

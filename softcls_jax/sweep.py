@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from softcls_jax import checkpoint, data, models, runner, trained
+from softcls_jax import checkpoint, data, models, plan, runner, trained
 from softcls_jax.augment import AUGMENTATIONS
 from softcls_jax.engine import AXES, Layout, TrainSettings, axis_rule, check_compatible
 from softcls_jax.engine.layout import ARCH_AXES
@@ -217,6 +217,18 @@ class SweepSpec:
                 name not in ARCH_AXES or self.model in ARCH_MODELS,
                 f"{name} is an axis of the models {list(ARCH_MODELS)} only, not {self.model}",
             )
+        for name in ("depth", "width"):  # as flags, resnet's sizes (mlp: --hidden)
+            _check(
+                name,
+                self.model == "resnet" or getattr(self, name) == _default(name),
+                f"--{name} sets resnet's {name}; the mlp's hidden layers are --hidden (or an "
+                f"--axis {name}=... of it)",
+            )
+        _check(
+            "axis",
+            self.model != "mlp" or "depth" not in dict(self.axes) or len(set(self.hidden)) == 1,
+            f"a depth axis of the mlp repeats one hidden width, got --hidden={list(self.hidden)}",
+        )
         _check(
             "augment",
             self.augment in AUGMENTATIONS,
@@ -242,7 +254,8 @@ class SweepSpec:
                 "select_on" if "select_on must" in str(e) else "val_fraction", str(e)
             ) from None
         try:  # the engine's own rules across settings
-            check_compatible(self.layout(), self.train_settings())
+            # every architecture shares the other axes: check them on the first one's grid
+            check_compatible(plan.Plan.of(self.layout()).parts[0].layout, self.train_settings())
         except ValueError as e:
             raise SettingError(_setting_of(str(e)), str(e)) from None
 
@@ -264,6 +277,11 @@ def _is_int(x: object) -> bool:
 
 def _plain(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
+
+
+def _default(name: str) -> Any:
+    """The default of the :class:`SweepSpec` field ``name``."""
+    return next(f.default for f in dataclasses.fields(SweepSpec) if f.name == name)
 
 
 def _check(setting: str, ok: bool, message: str) -> None:
@@ -342,6 +360,8 @@ def build_model(spec: SweepSpec, dataset: data.Dataset) -> models.Model:
 
 
 SPEC_FILE = "spec.json"
+# settings a spec.json written before them lacks; their defaults keep the numerics of then
+ADDED_SETTINGS = ("depth", "width", "augment", "weight_decay_mask")
 OWNED_FILES = ("results.json", "results.csv", "summary.md", checkpoint.FILENAME, SPEC_FILE)
 CHECKPOINTS = "checkpoint*.msgpack"  # checkpoint.FILENAME, or checkpoint.archI.msgpack per part
 VERSIONED = ("jax", "jaxlib", "flax", "optax", "numpy")  # packages whose versions change numerics
@@ -411,6 +431,8 @@ def prepare_workdir(
         except (OSError, ValueError):
             previous = None
         recorded = previous.pop("fingerprint", None) if isinstance(previous, dict) else None
+        if isinstance(previous, dict):  # settings added since it was written: their defaults
+            previous = {**{k: _default(k) for k in ADDED_SETTINGS}, **previous}
         if previous != current:
             changed = _differences(previous, current)
             raise SettingError(

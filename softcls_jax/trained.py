@@ -24,6 +24,7 @@ import jax
 import numpy as np
 from flax import nnx, serialization
 
+from softcls_jax import results
 from softcls_jax.engine.layout import ARCH_AXES
 from softcls_jax.files import atomic_write
 from softcls_jax.models import Model
@@ -61,18 +62,13 @@ class Trained:
         return self.model.apply(self.params, x)
 
 
-def _axes(records: Sequence[dict]) -> list[str]:
-    keys = list(records[0])
-    return keys[keys.index("loss") + 1 : keys.index("seed")]
-
-
 def selected(
     document: Mapping[str, Any], params: Any, model_state: Any, model: Model
 ) -> dict[str, list[Trained]]:
     """Per loss, the configs of the setting in ``document["selection"]`` (one per seed), from the
     run's ``params`` / ``model_state`` (leaves ``(S, K, ...)`` in the document's config order)."""
     records = document["configs"]
-    axes = _axes(records)
+    axes = results.axis_names(records)
     num_seeds = len({r["seed"] for r in records})
     per_seed = len(records) // num_seeds
     out: dict[str, list[Trained]] = {}
@@ -155,6 +151,8 @@ def load(
         raise ValueError(
             f"{directory}: the saved config does not fit model {model.name}: {e}"
         ) from None
-    if [np.shape(a) for a in jax.tree.leaves((params, state))] != expected:
+    leaves = jax.tree.leaves((params, state))
+    filled = all(isinstance(a, np.ndarray | jax.Array) for a in leaves)  # not left abstract
+    if not filled or [np.shape(a) for a in leaves] != expected:
         raise ValueError(f"{directory}: the saved variables do not fit model {model.name}")
     return Trained(entry, params, state, model)

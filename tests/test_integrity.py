@@ -71,6 +71,17 @@ def test_other_package_versions_are_refused(tmp_path):
         sweep.run_sweep(TINY, tmp_path)
 
 
+def test_a_workdir_written_before_the_newer_settings_still_resumes(tmp_path):
+    """spec.json of a sweep from before depth, width, augment and weight_decay_mask existed: their
+    defaults are what it trained with, so the same command resumes it."""
+    first = sweep.run_sweep(TINY, tmp_path)
+    spec_json = json.loads((tmp_path / "spec.json").read_text())
+    for name in sweep.ADDED_SETTINGS:
+        spec_json.pop(name)
+    (tmp_path / "spec.json").write_text(json.dumps(spec_json))
+    assert _without_timing(sweep.run_sweep(TINY, tmp_path)) == _without_timing(first)
+
+
 # ---------------------------------------------------------------- 2. lock
 
 

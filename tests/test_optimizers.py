@@ -182,6 +182,7 @@ def test_schedules_compose_with_any_optimizer(blobs):
             "'min_dim_size_to_factor' cannot be a grid axis: its value must be known",
         ),
         (42, {}, "an optimizer is a name of"),
+        ("adamw", {"momentum": (0.9,), "b1": (0.8,)}, "momentum and b1 are both axes"),
     ],
 )
 def test_bad_optimizers_and_hyperparameters_raise(blobs, optimizer, axes, message):
@@ -286,3 +287,13 @@ def test_optimizer_names_cover_the_issue_list():
     for name in ("sgd", "nesterov", "adam", "adamw", "lion", "rmsprop", "adagrad", "lamb"):
         assert name in optim.OPTIMIZERS
     assert "adafactor" in optim.OPTIMIZERS and "lbfgs" not in optim.OPTIMIZERS
+
+
+def test_kernels_only_decay_needs_a_mask_where_the_optimizer_decays_itself(blobs):
+    with pytest.raises(ValueError, match="novograd decays its weights itself and takes no mask"):
+        engine.Trainer(
+            _model(blobs),
+            blobs,
+            engine.Layout(("ce",), (0.1,), (0,)),
+            engine.TrainSettings("novograd", 10, 32, 10, weight_decay_mask="kernels"),
+        )

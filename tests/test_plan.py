@@ -72,6 +72,12 @@ def test_architecture_axes_need_a_factory_and_a_factory_needs_them(digits):
         )
     with pytest.raises(ValueError, match=r"width must be an integer >= 1, got 2.5"):
         engine.Layout(("ce",), (0.1,), (0,), {"width": (2.5,)})
+    with pytest.raises(
+        ValueError, match=r"\['width'\] change the model's shapes: one program each"
+    ):
+        engine.Trainer(
+            mlp(8), digits, engine.Layout(("ce",), (0.1,), (0,), {"width": (8,)}), settings
+        )
 
 
 def test_plan_checkpoints_one_file_per_architecture(tmp_path):
@@ -124,6 +130,14 @@ def test_kill_9_in_the_second_architecture_then_resume_equals_uninterrupted(tmp_
         (["--model=linear", "--axis=width=8,16"], "--axis: width is an axis of the models"),
         (["--axis=width=0"], "width must be an integer >= 1, got 0.0"),
         (["--model=resnet", "--dataset=digits", "--axis=depth=8"], "--model: resnet on digits"),
+        (
+            ["--width=64"],
+            "--width: --width sets resnet's width; the mlp's hidden layers are --hidden",
+        ),
+        (
+            ["--hidden=32,16", "--axis=depth=1,2"],
+            "a depth axis of the mlp repeats one hidden width",
+        ),
     ],
 )
 def test_cli_bad_architecture_axes_exit_2(tmp_path, args, message):

@@ -242,6 +242,16 @@ class NeedsTrainFlag(nnx.Module):
         return self.out(x)
 
 
+class OptionalTrainFlag(nnx.Module):
+    """A Linen-style mode flag with a default: training would keep its default mode."""
+
+    def __init__(self, rngs):
+        self.out = nnx.Linear(16, 5, rngs=rngs)
+
+    def __call__(self, x, train=False):
+        return self.out(x)
+
+
 class Sows(nnx.Module):
     def __init__(self, rngs):
         self.norm = nnx.BatchNorm(16, rngs=rngs)
@@ -256,6 +266,8 @@ class Sows(nnx.Module):
 def test_modules_the_engine_cannot_handle_get_a_clear_error(blobs):
     with pytest.raises(ValueError, match=r"__call__\(x\) or __call__\(x, rngs=...\)"):
         models.from_nnx(NeedsTrainFlag, name="flagged")
+    with pytest.raises(ValueError, match=r"takes \['x', 'train'\]"):
+        models.from_nnx(OptionalTrainFlag, name="optional_flag")
     sows = models.from_nnx(Sows, name="sows")
     layout = engine.Layout(("ce",), (0.1,), (0,))
     with pytest.raises(ValueError, match="changed the module's state structure"):

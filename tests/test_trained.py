@@ -124,3 +124,12 @@ def test_a_cli_sweeps_selected_config_restores_with_one_call(tmp_path):
     assert abs(acc - record["final"]["test_accuracy"]) <= 1 / len(dataset.y_test) + 1e-6
     chosen = next(c for c in doc["selection"]["per_loss"] if c["loss"] == "mse")
     assert best.config["learning_rate"] == chosen["learning_rate"]
+
+
+def test_a_saved_config_of_another_architecture_is_refused(tmp_path):
+    digits = data.load("digits")
+    small = models.make_model("mlp", 64, 10, hidden=(8,))
+    run_grid(small, digits, learning_rates=(0.1,), steps=4, eval_every=4, workdir=tmp_path)
+    deeper = models.make_model("mlp", 64, 10, hidden=(8, 8))
+    with pytest.raises(ValueError, match="the saved variables do not fit model mlp"):
+        trained.load(tmp_path, deeper)

@@ -76,8 +76,9 @@ AXES: dict[str, Axis] = {
             0.0,
             "a finite number >= 0",
             lambda v: v >= 0,
-            "weight decay λ: the optimizer's own where it has one (adamw, lion, lamb, …), else "
-            "decoupled, u ← u − lr·λ·w (as optax.add_decayed_weights; AdamW with adam)",
+            "weight decay λ: the optimizer's own where it has one (adamw, lion, lamb, …, which "
+            "keep optax's default when it is not an axis), else decoupled, u ← u − lr·λ·w (as "
+            "optax.add_decayed_weights; AdamW with adam)",
         ),
         Axis(
             "momentum",

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 
 from softcls_jax import augment
-from softcls_jax.engine.layout import Layout
+from softcls_jax.engine.layout import ARCH_AXES, Layout
 from softcls_jax.optim import SCHEDULES, OptimizerLike, make_optimizer
 
 DECAY_MASKS = ("model", "all", "kernels")
@@ -56,6 +56,12 @@ class TrainSettings:
 def check_compatible(layout: Layout, settings: TrainSettings) -> None:
     """``ValueError`` if the layout's axes do not fit the settings: every axis is the project's or
     a hyperparameter of the optimizer, the warm-up within the steps."""
+    arch = [name for name, _ in layout.axes if name in ARCH_AXES]
+    if arch:
+        raise ValueError(
+            f"{arch} change the model's shapes: one program each, trained through runner.run or "
+            "run_grid with a model factory (softcls_jax.plan), not by one Trainer"
+        )
     make_optimizer(settings.optimizer, {name for name, _ in layout.axes})
     warmup = max(dict(layout.axes).get("warmup_steps", [0]))
     if warmup >= settings.steps:
