@@ -199,6 +199,62 @@ def conv_matmul(layer: nnx.Conv, x: Array) -> Array:
     return y + layer.bias[...] if layer.bias is not None else y
 
 
+def im2col_conv_general_dilated(
+    lhs: Array,
+    rhs: Array,
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    precision: Any = None,
+    **kwargs: Any,
+) -> Array:
+    """``lax.conv_general_dilated`` as ``nnx.Conv`` calls it, computed as im2col + one matmul.
+
+    What :func:`from_nnx` puts into every ``nnx.Conv`` of a user's module (its
+    ``conv_general_dilated`` attribute): under the engine's ``vmap`` over configs a ``lax.conv`` is
+    a grouped convolution, XLA:CPU's slow path, while this is a batched matmul whose patches of the
+    shared minibatch are cut once for every config (see :func:`conv_matmul`). Channels-last
+    operands (``nnx.Conv``'s ``(N, *S, C)`` and ``(*k, C, C_out)``); anything else — dilation,
+    feature groups, other dimension numbers — goes to ``lax.conv_general_dilated`` unchanged.
+    """
+    d = lhs.ndim - 2
+    channels_last = jax.lax.conv_dimension_numbers(
+        lhs.shape, rhs.shape, ("N" + "HWD"[:d] + "C", "HWD"[:d] + "IO", "N" + "HWD"[:d] + "C")
+    )
+    plain = (
+        all(v is None for v in kwargs.values())  # out_sharding, preferred_element_type
+        and feature_group_count == 1
+        and all(v == 1 for v in (lhs_dilation or ()))
+        and all(v == 1 for v in (rhs_dilation or ()))
+        and (
+            dimension_numbers is None
+            or jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+            == channels_last
+        )
+    )
+    if not plain or d > 3:
+        return jax.lax.conv_general_dilated(
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            lhs_dilation,
+            rhs_dilation,
+            dimension_numbers,
+            feature_group_count,
+            precision=precision,
+            **kwargs,
+        )
+    kernel_size = rhs.shape[:-2]
+    if isinstance(padding, str):
+        padding = jax.lax.padtype_to_pads(lhs.shape[1:-1], kernel_size, window_strides, padding)
+    patches = conv_patches(lhs, kernel_size, window_strides, [tuple(p) for p in padding])
+    return jnp.einsum("...p,po->...o", patches, rhs.reshape(-1, rhs.shape[-1]), precision=precision)
+
+
 def _check_plain(layer: nnx.Conv) -> None:
     if (
         layer.feature_group_count != 1
@@ -512,7 +568,8 @@ class Model:
       apply_train: ``(params, state, x, rng) -> (logits, new_state)`` in training mode (batch
         statistics used and updated, dropout drawn; ``rng`` a key of the seed and the step).
       apply_eval: ``(params, state, x) -> logits`` in evaluation mode (running statistics, no
-        dropout).
+        dropout); a stateless model may have one too (``state`` is ``()``) when evaluation computes
+        otherwise than training (a :func:`from_nnx` module's convolutions).
       module: ``(params, state) -> nnx.Module`` in evaluation mode, holding one config's trained
         variables (``state`` is ``()`` for a stateless model); None if the model has no module.
       decay_kernels_only: whether weight decay touches only the kernels (not biases or BatchNorm
@@ -762,23 +819,39 @@ def from_nnx(build: Callable[[nnx.Rngs], nnx.Module], name: str = "custom") -> M
     except Exception as e:
         raise ValueError(f"{name}: building the module failed: {type(e).__name__}: {e}") from e
     takes_rngs = _takes_rngs(name, abstract)
-    graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+    # evaluation maps over configs one at a time (lax.map), where lax.conv is fast: it keeps the
+    # module as built; training vmaps over configs, where convolutions run as matmuls
+    abstract.eval()
+    eval_def, params, rest = nnx.split(abstract, nnx.Param, ...)
+    _convolutions_as_matmuls(abstract)
     num_params = sum(leaf.size for leaf in jax.tree.leaves(params))
     if not jax.tree.leaves(rest) and not takes_rngs:
+        abstract.train()
+        train_def = nnx.graphdef(abstract)
 
         def init(key: Array) -> Params:
             return nnx.state(build(nnx.Rngs(key)), nnx.Param)
 
         def apply(params: Params, x: Array) -> Array:
-            return nnx.merge(graphdef, params)(x)
+            return nnx.merge(train_def, params)(x)
+
+        def apply_eval(params: Params, state: Any, x: Array) -> Array:
+            return nnx.merge(eval_def, params)(x)
 
         def module(params: Params, state: Any = ()) -> nnx.Module:
-            trained = nnx.merge(graphdef, params)
-            trained.eval()
-            return trained
+            return nnx.merge(eval_def, params)
 
-        return Model(name, init, apply, num_params, module=module)
-    return _stateful_nnx(build, name, abstract, takes_rngs, num_params)
+        return Model(name, init, apply, num_params, apply_eval=apply_eval, module=module)
+    return _stateful_nnx(build, name, abstract, eval_def, takes_rngs, num_params)
+
+
+def _convolutions_as_matmuls(module: nnx.Module) -> None:
+    """Every ``nnx.Conv`` of ``module`` that uses ``lax.conv_general_dilated`` computes with
+    :func:`im2col_conv_general_dilated` instead (same parameters and values to float32 rounding):
+    the graph the engine merges into keeps it, the module ``build`` returns is untouched."""
+    for _, sub in nnx.iter_modules(module):
+        if isinstance(sub, nnx.Conv) and sub.conv_general_dilated is jax.lax.conv_general_dilated:
+            sub.conv_general_dilated = im2col_conv_general_dilated
 
 
 MODE_ARGUMENTS = ("train", "training", "deterministic", "use_running_average", "is_training")
@@ -814,14 +887,14 @@ def _stateful_nnx(
     build: Callable[[nnx.Rngs], nnx.Module],
     name: str,
     abstract: nnx.Module,
+    eval_def: Any,
     takes_rngs: bool,
     num_params: int,
 ) -> Model:
-    """:func:`from_nnx` for a module holding variables besides its parameters."""
+    """:func:`from_nnx` for a module holding variables besides its parameters; ``eval_def``: its
+    graph in eval mode as built."""
     abstract.train()
     train_def = nnx.graphdef(abstract)
-    abstract.eval()
-    eval_def = nnx.graphdef(abstract)
     _, _, rest = nnx.split(abstract, nnx.Param, ...)
     leaves, treedef = jax.tree.flatten(rest)
     bad = [type(v).__name__ for v in leaves if not hasattr(v, "dtype")]

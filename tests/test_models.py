@@ -76,7 +76,7 @@ def test_softmax_regression_log_odds_are_affine_in_x():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"name": "resnet"}, "unknown model 'resnet'"),
+        ({"name": "vit"}, "unknown model 'vit'"),
         ({"activation": "swish"}, "unknown activation 'swish'"),
         ({"init_scale": 0.0}, "init_scale must be > 0"),
         ({"hidden": (0,)}, "hidden sizes must be positive"),

@@ -55,7 +55,7 @@ BAD_FLAGS = [
         "--loss: unknown loss 'hinge'; expected one of ['ce', 'mse', 'square'] or 'all'",
     ),
     (["--dataset=cifar"], "--dataset: unknown dataset 'cifar'"),
-    (["--model=resnet"], "--model: unknown model 'resnet'"),
+    (["--model=vit"], "--model: unknown model 'vit'"),
     (["--optimizer=lbfgs"], "--optimizer: unknown optimizer 'lbfgs'"),
     (["--activation=swish"], "--activation: unknown activation 'swish'"),
     (["--lrs=0.1,-1"], "--lrs: learning rate must be a finite number > 0, got -1.0"),

@@ -112,8 +112,13 @@ def evaluate(program: Program, state: GridState, data: Data, loss_ids: Array) ->
     x_all = jnp.concatenate(splits)
 
     model = program.model
-    # a stateful model evaluates in eval mode on its own running statistics
-    apply = (lambda v, x: model.apply_eval(*v, x)) if model.stateful else model.apply
+    # eval mode (a stateful model: on its own running statistics); apply_eval where there is one
+    if model.stateful:
+        apply = lambda v, x: model.apply_eval(*v, x)
+    elif model.apply_eval is not None:
+        apply = lambda p, x: model.apply_eval(p, (), x)
+    else:
+        apply = model.apply
 
     def block(args):
         params, loss_id, hp = args
