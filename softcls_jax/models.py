@@ -828,9 +828,7 @@ def from_nnx(build: Callable[[nnx.Rngs], nnx.Module], name: str = "custom") -> M
     if not jax.tree.leaves(rest) and not takes_rngs:
         abstract.train()
         train_def = nnx.graphdef(abstract)
-
-        def init(key: Array) -> Params:
-            return nnx.state(build(nnx.Rngs(key)), nnx.Param)
+        init = functools.partial(_nnx_params, build)
 
         def apply(params: Params, x: Array) -> Array:
             return nnx.merge(train_def, params)(x)
@@ -843,6 +841,11 @@ def from_nnx(build: Callable[[nnx.Rngs], nnx.Module], name: str = "custom") -> M
 
         return Model(name, init, apply, num_params, apply_eval=apply_eval, module=module)
     return _stateful_nnx(build, name, abstract, eval_def, takes_rngs, num_params)
+
+
+def _nnx_params(build: Callable[[nnx.Rngs], nnx.Module], key: Array) -> Params:
+    """The parameters of the module ``build`` makes from ``key``."""
+    return nnx.state(build(nnx.Rngs(key)), nnx.Param)
 
 
 def _convolutions_as_matmuls(module: nnx.Module) -> None:
@@ -932,8 +935,7 @@ def _stateful_nnx(
         ]
         return jax.tree.unflatten(treedef, flat)
 
-    def init(key: Array) -> Params:
-        return nnx.state(build(nnx.Rngs(key)), nnx.Param)
+    init = functools.partial(_nnx_params, build)
 
     def init_state(key: Array) -> dict:
         _, _, rest = nnx.split(build(nnx.Rngs(key)), nnx.Param, ...)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import importlib.metadata
 import itertools
@@ -330,6 +331,7 @@ def model_or_factory(spec: SweepSpec, dataset: data.Dataset) -> Any:
     if not arch:
         return build_model(spec, dataset)
 
+    @functools.cache  # each architecture built once: checked here, trained by the runner
     def factory(**values: int) -> models.Model:
         if spec.model == "mlp":
             width = values.get("width", spec.hidden[0])

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from softcls_jax import data, engine, models, plan, results, runner
+from tests.test_reliability import _results_without_timing
 
 SWEEP = [sys.executable, "-m", "experiments.sweep"]
 ARGS = ["--loss=ce,mse", "--lrs=0.1,0.5", "--seeds=2", "--steps=120", "--eval_every=20"]
@@ -91,12 +92,6 @@ def test_plan_checkpoints_one_file_per_architecture(tmp_path):
     assert not single.architectures and single.checkpoint("c.msgpack", single.parts[0]).name == (
         "c.msgpack"
     )
-
-
-def _results_without_timing(workdir):
-    document = json.loads((workdir / "results.json").read_text())
-    document.pop("timing")
-    return document
 
 
 def test_kill_9_in_the_second_architecture_then_resume_equals_uninterrupted(tmp_path):

@@ -41,23 +41,25 @@ def _loss_fn(loss: Any) -> Callable[..., jax.Array]:
     return losses_lib.get_loss(loss) if isinstance(loss, str) else loss
 
 
-def check_shapes(model: Model, losses: Sequence[Any], dataset: Dataset, smoothed: bool) -> None:
+def check_shapes(model: Model, losses: Sequence[Any], dataset: Dataset, smoothed: bool) -> Any:
     """``ValueError`` naming the model or loss, and the shapes it got and expected, unless the
     model maps a batch ``(B, D)`` of the data to logits ``(B, C)`` and every loss given as a
     function maps logits and labels (``(B,)`` ids, or ``(B, C)`` targets when ``smoothed``) to a
-    per-example ``(B,)``. Traced on one abstract batch (``jax.eval_shape``): nothing runs."""
+    per-example ``(B,)``. Traced on one abstract batch (``jax.eval_shape``): nothing runs.
+
+    Returns the abstract parameters of one config (what the optimizer's check traces with)."""
     b, d, c = 2, dataset.num_features, dataset.num_classes
     x = jax.ShapeDtypeStruct((b, d), jnp.float32)
     key = jax.random.key(0)
 
-    def forward(key: jax.Array, x: jax.Array) -> Any:
-        params = model.init(key)
+    def forward(params: Any, x: jax.Array) -> Any:
         if model.stateful:
             return model.apply_eval(params, model.init_state(key), x)
         return model.apply(params, x)
 
     try:
-        logits = jax.eval_shape(forward, key, x)
+        params = jax.eval_shape(model.init, key)
+        logits = jax.eval_shape(forward, params, x)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ValueError(
@@ -98,6 +100,7 @@ def check_shapes(model: Model, losses: Sequence[Any], dataset: Dataset, smoothed
                 f"loss {name} returns {got} for logits {(b, c)} and labels "
                 f"{tuple(labels.shape)}; expected the per-example loss {(b,)}"
             )
+    return params
 
 
 class Trainer:
@@ -168,12 +171,12 @@ class Trainer:
             raise ValueError(f"block_configs must be an integer >= 0, got {block_configs!r}")
         self.layout = layout.arranged(len(self.devices), block_configs)
         self.mesh = Mesh(np.array(self.devices), ("configs",)) if len(self.devices) > 1 else None
-        check_shapes(model, layout.losses, dataset, "label_smoothing" in axes)
+        abstract_params = check_shapes(model, layout.losses, dataset, "label_smoothing" in axes)
         mask = settings.weight_decay_mask
         kernels_only = mask == "kernels" or (mask == "model" and model.decay_kernels_only)
         optimizer = make_optimizer(settings.optimizer, set(axes), kernels_only)
         if not optimizer.legacy:  # every optimizer axis must trace as data (one compile for all)
-            optimizer.check(jax.eval_shape(model.init, jax.random.key(0)))
+            optimizer.check(abstract_params)
         loss_hparams = tuple(
             tuple((a, a.lower()) for a in LOSS_AXES if a in axes) if name == "square" else ()
             for name in self.layout.loss_names
