@@ -4,10 +4,13 @@ r"""Side-by-side benchmark: the batched sweep against what a researcher would ot
   python -m experiments.bench --quick    # under a minute: fewer steps, one round
   python -m experiments.bench --workload=cnn1d   # the MNIST-1D CNN at G = 8, 32, 128 configs
   python -m experiments.bench --workload=cnn2d   # the LeNet-5-like CNN on mnist5k
+  python -m experiments.bench --workload=user_cnn  # Flax's NNX tutorial CNN via from_nnx, batch 32
+  python -m experiments.bench --workload=resnet    # resnet depth 8 width 8, BatchNorm, on mnist5k
 
 CNN workloads (``--workload=cnn1d|cnn2d``, see ``experiments.workload``): G learning rates × CE × one
 seed, Adam, batch 100; at each G of ``--configs`` the sweep, naive JAX (one jitted step, the rate an
-argument) and a PyTorch per-config loop run one after the other from the same init on the same
+argument; not for the stateful resnet), a PyTorch per-config loop and the ``torch_func`` ensemble
+run one after the other from the same init on the same
 batches; the table gives wall (compile included), throughput, the sweep's GFLOP/s (3 × the forward
 FLOPs of XLA's cost analysis) as a share of the matmul peak, and the accuracy differences.
 
@@ -19,7 +22,9 @@ Contenders, interleaved round by round in one process:
   1. sweep       the project's engine: one compiled, vmapped program (compile time reported apart);
   2. naive_jax   one jitted step per config, called step by step from Python (16 compiles);
   3. torch_loop  a PyTorch training loop per config (skipped without torch);
-  4. torch_bmm   PyTorch batched by hand across configs with torch.bmm (skipped without torch).
+  4. torch_bmm   PyTorch batched by hand across configs with torch.bmm (skipped without torch);
+  5. torch_func  PyTorch's ensembling recipe: torch.func.stack_module_state + vmap(functional_call),
+                 one backward, SGD over the stacked tensors (experiments.torch_contenders).
 Also: the machine's matmul peak (large float32 jnp.dot), the sweep's achieved GFLOP/s
 (6 × parameters × examples) as a share of it, compile time and throughput at G = 16, 64, 256, and the
 loss kernels against optax (value and gradient, B = 1024, C = 10 and 32768, timed as gradient steps
@@ -47,15 +52,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import app, flags
-from flax import nnx
 
 from softcls_jax import data, losses
 from softcls_jax.optim import make_optimizer
 from softcls_jax.results import atomic_write_json, environment
 
+from . import torch_contenders as tc
 from .cli import FlagError, fail, make_workdir, parse_flags
 from .workload import (
     BATCH,
+    BATCHES,
     CNN_BATCH,
     HIDDEN,
     WORKLOADS,
@@ -87,7 +93,7 @@ flags.DEFINE_integer(
     "CNN workloads: steps per config (0: 1000 for cnn1d, 200 for cnn2d; 100 with --quick).",
 )
 
-CNN_STEPS = {"cnn1d": 1000, "cnn2d": 200}
+CNN_STEPS = {"cnn1d": 1000, "cnn2d": 200, "user_cnn": 200, "resnet": 100}
 
 
 def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -159,14 +165,6 @@ def run_naive_jax(dataset, num_lrs, steps, params0, batches) -> dict:
     }
 
 
-def _torch():
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch
-
-
 def _torch_losses(torch):
     f = torch.nn.functional
     ce = lambda o, y: f.cross_entropy(o, y)
@@ -177,7 +175,7 @@ def _torch_losses(torch):
 
 
 def run_torch_loop(dataset, num_lrs, steps, params0, batches) -> dict | None:
-    torch = _torch()
+    torch = tc.load_torch()
     if torch is None:
         return None
     trainer = workload(num_lrs, steps, dataset)
@@ -218,7 +216,7 @@ def run_torch_loop(dataset, num_lrs, steps, params0, batches) -> dict | None:
 
 
 def run_torch_bmm(dataset, num_lrs, steps, params0, batches) -> dict | None:
-    torch = _torch()
+    torch = tc.load_torch()
     if torch is None:
         return None
     trainer = workload(num_lrs, steps, dataset)
@@ -262,6 +260,19 @@ def run_torch_bmm(dataset, num_lrs, steps, params0, batches) -> dict | None:
         "run_s": wall,
         "accuracy": [_accuracy(logits[i], dataset.y_test) for i in range(g)],
     }
+
+
+def run_torch_func(dataset, num_lrs, steps, params0, batches) -> dict | None:
+    """The ``torch.func`` ensemble of the reference MLP (SGD, per-config rates)."""
+    torch = tc.load_torch()
+    if torch is None:
+        return None
+    trainer = workload(num_lrs, steps, dataset)
+    configs = [(c.loss, c.learning_rate) for c in trainer.layout.configs()]
+    x, y = torch.from_numpy(dataset.x_train), torch.from_numpy(dataset.y_train.astype(np.int64))
+    make = lambda: tc.mlp_net(torch, params0)
+    xt = torch.from_numpy(dataset.x_test)
+    return tc.train_func(torch, make, configs, "sgd", x, y, xt, dataset.y_test, batches)
 
 
 # ------------------------------------------------------------------ machine and scaling
@@ -398,7 +409,12 @@ def forward_flop(model, dataset) -> float:
     """FLOPs of one example's forward pass, by XLA's cost analysis of the compiled ``apply``."""
     params = model.init(jax.random.key(0))
     x = jnp.zeros((1, dataset.num_features), jnp.float32)
-    cost = jax.jit(model.apply).lower(params, x).compile().cost_analysis()
+    if model.stateful:  # eval mode: the forward of a training step less BatchNorm's statistics
+        state = model.init_state(jax.random.key(0))
+        apply = lambda p, x: model.apply_eval(p, state, x)
+    else:
+        apply = model.apply
+    cost = jax.jit(apply).lower(params, x).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     return float(cost["flops"])
 
@@ -444,96 +460,33 @@ def run_cnn_naive_jax(name: str, dataset, num_configs: int, steps: int, params0,
     }
 
 
-def torch_cnn(torch, name: str, params0, dataset):
-    """The workload's CNN in PyTorch (NCHW) with the JAX parameters ``params0`` copied in.
-
-    Flax kernels ``(*k, C_in, C_out)`` become ``(C_out, C_in, *k)``; the first dense layer's rows,
-    flattened ``(*spatial, C)`` in JAX, are permuted to PyTorch's ``(C, *spatial)`` order."""
-    nn = torch.nn
-    p = jax.tree.map(np.asarray, nnx.to_pure_dict(params0))
-    convs = [p["convs"][i] for i in range(len(p["convs"]))]
-    layers: list = []
-    if name == "cnn1d":
-        for c in convs:
-            k, cin, cout = c["kernel"].shape
-            layers += [nn.Conv1d(cin, cout, k, stride=2, padding=1), nn.ReLU()]
-        dense = [p["out"]]
+def _torch_cnn_setup(torch, name: str, dataset, params0, state0):
+    """The workload's PyTorch net builder (weights of config 0 copied in) and the data as its
+    input tensors."""
+    if name == "resnet":
+        make = lambda: tc.resnet_net(torch, params0, state0)
+    elif name == "user_cnn":
+        make = lambda: tc.tutorial_cnn_net(torch, params0)
     else:
-        for i, c in enumerate(convs):
-            k, _, cin, cout = c["kernel"].shape
-            layers += [
-                nn.Conv2d(cin, cout, k, padding=k // 2 if i == 0 else 0),
-                nn.ReLU(),
-                nn.MaxPool2d(2),
-            ]
-        dense = [p["dense"][i] for i in range(len(p["dense"]))] + [p["out"]]
-    layers.append(nn.Flatten())
-    for i, d in enumerate(dense):
-        layers.append(nn.Linear(*d["kernel"].shape))
-        if i < len(dense) - 1:
-            layers.append(nn.ReLU())
-    net = nn.Sequential(*layers)
-    torch_convs = [m for m in net if isinstance(m, (nn.Conv1d, nn.Conv2d))]
-    torch_dense = [m for m in net if isinstance(m, nn.Linear)]
-    with torch.no_grad():
-        for m, c in zip(torch_convs, convs, strict=True):
-            nd = c["kernel"].ndim - 2
-            w = np.transpose(c["kernel"], (nd + 1, nd, *range(nd)))
-            m.weight.copy_(torch.from_numpy(np.ascontiguousarray(w)))
-            m.bias.copy_(torch.from_numpy(c["bias"].copy()))
-        for i, (m, d) in enumerate(zip(torch_dense, dense, strict=True)):
-            w = d["kernel"]  # (in, out)
-            if i == 0:  # (*spatial, C) rows -> (C, *spatial) columns
-                cout = convs[-1]["kernel"].shape[-1]
-                spatial = w.shape[0] // cout
-                w = w.reshape(spatial, cout, -1).transpose(1, 0, 2).reshape(w.shape[0], -1)
-            m.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.T)))
-            m.bias.copy_(torch.from_numpy(d["bias"].copy()))
-    return net
+        make = lambda: tc.cnn_net(torch, name, params0)
+    shape = (dataset.num_features,) if name == "cnn1d" else dataset.image_shape
+    x, xt = tc.images(torch, dataset.x_train, shape), tc.images(torch, dataset.x_test, shape)
+    return make, x, torch.from_numpy(dataset.y_train.astype(np.int64)), xt
 
 
-def _torch_images(torch, name: str, x: np.ndarray, dataset):
-    x = torch.from_numpy(x)
-    if name == "cnn1d":
-        return x[:, None, :]  # (N, 1, L)
-    h, w, c = dataset.image_shape
-    return x.reshape(-1, h, w, c).permute(0, 3, 1, 2).contiguous()  # NCHW
-
-
-def run_cnn_torch_loop(name: str, dataset, num_configs: int, steps: int, params0, batches):
-    """The PyTorch loop a user would write: per config, Adam on the same init and batches."""
-    torch = _torch()
+def run_cnn_torch(
+    contender: str, name: str, dataset, num_configs: int, steps: int, params0, batches, state0=()
+):
+    """``torch_loop`` (a module and ``torch.optim.Adam`` per config) or ``torch_func`` (the
+    ``torch.func`` ensemble) on the same init and batches; None without torch."""
+    torch = tc.load_torch()
     if torch is None:
         return None
     trainer = cnn_workload(name, num_configs, steps, dataset)
-    x = _torch_images(torch, name, dataset.x_train, dataset)
-    y = torch.from_numpy(dataset.y_train.astype(np.int64))
-    xt = _torch_images(torch, name, dataset.x_test, dataset)
-    idx_all = torch.from_numpy(batches.astype(np.int64))
-    f = torch.nn.functional
-    accuracies, eval_s = [], 0.0
-    start = time.perf_counter()
-    for config in trainer.layout.configs():
-        net = torch_cnn(torch, name, params0, dataset)
-        opt = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
-        for t in range(steps):
-            idx = idx_all[t]
-            loss = f.cross_entropy(net(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            accuracies.append(_accuracy(net(xt).numpy(), dataset.y_test))
-        eval_s += time.perf_counter() - t0
-    wall = time.perf_counter() - start
-    return {
-        "wall_s": wall,
-        "compile_s": 0.0,
-        "run_s": wall,
-        "eval_s": eval_s,
-        "accuracy": accuracies,
-    }
+    make, x, y, xt = _torch_cnn_setup(torch, name, dataset, params0, state0)
+    configs = [("ce", c.learning_rate) for c in trainer.layout.configs()]
+    train = tc.train_loop if contender == "torch_loop" else tc.train_func
+    return train(torch, make, configs, "adam", x, y, xt, dataset.y_test, batches)
 
 
 def main_cnn(name: str, quick: bool) -> None:
@@ -549,12 +502,13 @@ def main_cnn(name: str, quick: bool) -> None:
     if min(sizes) < 1 or steps < 1:
         fail("--configs and --steps must be >= 1")
     dataset, source = cnn_dataset(name)
-    torch = _torch()
+    torch = tc.load_torch()
     probe = cnn_workload(name, 1, steps, dataset)
+    batch = BATCHES.get(name, CNN_BATCH)
     flop = 3 * forward_flop(probe.model, dataset)  # forward + backward ≈ 3 × forward
     print(
         f"{name} workload: {probe.model.num_params} params, {flop / 1e3:.0f} kFLOP per example "
-        f"(3 × forward, XLA cost analysis) on {source}; Adam, batch {CNN_BATCH}, {steps} steps, "
+        f"(3 × forward, XLA cost analysis) on {source}; Adam, batch {batch}, {steps} steps, "
         f"G = {list(sizes)}; {'torch ' + torch.__version__ if torch else 'torch not installed'}",
         flush=True,
     )
@@ -567,20 +521,27 @@ def main_cnn(name: str, quick: bool) -> None:
     )
     for g in sizes:
         reference = cnn_workload(name, g, steps, dataset)
-        params0 = jax.tree.map(lambda a: a[0, 0], jax.device_get(reference.init_state().params))
+        state = jax.device_get(reference.init_state())
+        params0, state0 = jax.tree.map(lambda a: a[0, 0], (state.params, state.model_state))
         batches = batch_stream(reference, steps)
+        torch_args = (name, dataset, g, steps, params0, batches, state0)
         results = {
             "sweep": run_cnn_sweep(name, dataset, g, steps),
-            "naive_jax": run_cnn_naive_jax(name, dataset, g, steps, params0, batches),
-            "torch_loop": run_cnn_torch_loop(name, dataset, g, steps, params0, batches),
+            # naive JAX's step is a stateless model's apply
+            "naive_jax": None
+            if reference.model.stateful
+            else run_cnn_naive_jax(name, dataset, g, steps, params0, batches),
+            "torch_loop": run_cnn_torch("torch_loop", *torch_args),
+            "torch_func": run_cnn_torch("torch_func", *torch_args),
         }
         sweep = results["sweep"]
         print(header if g == sizes[0] else "", flush=True)
         for contender, r in results.items():
             if r is None:
-                print(f"{g:>4} {contender:<11} skipped (torch not installed)")
+                why = "stateful model" if contender == "naive_jax" else "torch not installed"
+                print(f"{g:>4} {contender:<11} skipped ({why})")
                 continue
-            examples = g * steps * CNN_BATCH
+            examples = g * steps * batch
             seconds = r.get("steady_s", r["run_s"])  # the compiled program / the training loop
             gflops = flop * examples / seconds / 1e9
             delta = max(abs(a - b) for a, b in zip(r["accuracy"], sweep["accuracy"], strict=True))
@@ -623,7 +584,7 @@ def main_cnn(name: str, quick: bool) -> None:
                 "steps": steps,
                 "configs": list(sizes),
                 "dataset": source,
-                "batch_size": CNN_BATCH,
+                "batch_size": batch,
                 "machine": platform.machine(),
             },
             "environment": environment(),
@@ -647,6 +608,15 @@ def cnn_targets(name: str, rows: list[dict], sizes: Sequence[int]) -> list[dict]
             "target": f"sweep ≥ {need}× the PyTorch loop at G = 32, compile included",
             "met": bool(loop and loop["sweep_speedup"] >= need),
             "measured": f"{loop['sweep_speedup']:.2f}×" if loop else "not measured",
+        }
+    )
+    func = get(32, "torch_func")
+    need = 1.5 if name == "cnn1d" else 1.0
+    out.append(
+        {
+            "target": f"sweep ≥ {need}× the torch.func ensemble at G = 32, compile included",
+            "met": bool(func and func["sweep_speedup"] >= need),
+            "measured": f"{func['sweep_speedup']:.2f}×" if func else "not measured",
         }
     )
     small, large = get(8, "sweep"), get(128, "sweep")
@@ -734,7 +704,7 @@ def main(argv: Sequence[str]) -> None:
     flop = 6 * reference.model.num_params * g * steps * BATCH
     print(
         f"reference workload: {g} configs, MLP {dataset.num_features}-{HIDDEN}-{dataset.num_classes}, "
-        f"{steps} SGD steps of {BATCH}; {'torch ' + _torch().__version__ if _torch() else 'torch not installed: its contenders are skipped'}",
+        f"{steps} SGD steps of {BATCH}; {'torch ' + tc.load_torch().__version__ if tc.load_torch() else 'torch not installed: its contenders are skipped'}",
         flush=True,
     )
     peak = matmul_peak()
@@ -744,6 +714,7 @@ def main(argv: Sequence[str]) -> None:
         "naive_jax": lambda: run_naive_jax(dataset, 8, steps, params0, batches),
         "torch_loop": lambda: run_torch_loop(dataset, 8, steps, params0, batches),
         "torch_bmm": lambda: run_torch_bmm(dataset, 8, steps, params0, batches),
+        "torch_func": lambda: run_torch_func(dataset, 8, steps, params0, batches),
     }
     best: dict[str, dict | None] = {}
     for r in range(rounds):
@@ -854,6 +825,7 @@ def targets_report(rows, scale_rows, kernel_rows, peak_share) -> list[dict]:
     speed = lambda name: by[name]["sweep_speedup"] if name in by else None
     target("sweep ≥ 10× the PyTorch per-config loop", speed("torch_loop"), 10, "{:.1f}×")
     target("sweep ≥ 2.5× hand-batched PyTorch", speed("torch_bmm"), 2.5, "{:.1f}×")
+    target("sweep ≥ 1.5× the torch.func ensemble", speed("torch_func"), 1.5, "{:.1f}×")
     target("sweep ≥ 3× naive JAX, compile included", speed("naive_jax"), 3, "{:.1f}×")
     target("≥ 50 % of the matmul peak", 100 * peak_share, 50, "{:.1f} %")
     compile_ratio = scale_rows[-1]["compile_s"] / scale_rows[0]["compile_s"]

@@ -5,21 +5,55 @@
 * ``cnn1d``: ``G`` rates 1e-3 … 0.1, CE, the MNIST-1D CNN on mnist1d, Adam, batch 100 (the issue's
   sweep: ``--dataset=mnist1d --model=cnn1d --optimizer=adam --batch_size=100``).
 * ``cnn2d``: ``G`` rates 1e-4 … 1e-2, CE, the LeNet-5-like CNN on MNIST images, Adam, batch 100.
+* ``user_cnn``: ``G`` rates 1e-4 … 1e-2, CE, the CNN of Flax's NNX MNIST tutorial as a user writes
+  it (:class:`TutorialCNN`, through ``models.from_nnx``) on mnist5k, Adam, batch 32.
+* ``resnet``: ``G`` rates 1e-4 … 1e-2, CE, the ``resnet`` model (depth 8, width 8, BatchNorm) on
+  mnist5k, Adam, batch 100.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
+import jax
 import numpy as np
+from flax import nnx
 
 from softcls_jax import data, engine, models
 
 HIDDEN = 128
 BATCH = 128
-WORKLOADS = ("mlp", "cnn1d", "cnn2d")
+WORKLOADS = ("mlp", "cnn1d", "cnn2d", "user_cnn", "resnet")
 CNN_BATCH = 100
-CNN_RATES = {"cnn1d": (1e-3, 1e-1), "cnn2d": (1e-4, 1e-2)}
+CNN_RATES = {
+    "cnn1d": (1e-3, 1e-1),
+    "cnn2d": (1e-4, 1e-2),
+    "user_cnn": (1e-4, 1e-2),
+    "resnet": (1e-4, 1e-2),
+}
+BATCHES = {"user_cnn": 32}  # the tutorial's batch; CNN_BATCH elsewhere
+RESNET = {"depth": 8, "width": 8}
+
+
+class TutorialCNN(nnx.Module):
+    """The CNN of Flax's NNX MNIST tutorial, as a user writes it, on the engine's ``(N, 784)`` rows
+    reshaped to ``(N, 28, 28, 1)`` images: two 3×3 convs (32, 64), 2×2 average pooling after each,
+    3136 -> 256 -> 10."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.conv1 = nnx.Conv(1, 32, kernel_size=(3, 3), rngs=rngs)
+        self.conv2 = nnx.Conv(32, 64, kernel_size=(3, 3), rngs=rngs)
+        self.avg_pool = functools.partial(nnx.avg_pool, window_shape=(2, 2), strides=(2, 2))
+        self.linear1 = nnx.Linear(3136, 256, rngs=rngs)
+        self.linear2 = nnx.Linear(256, 10, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.reshape(x.shape[0], 28, 28, 1)
+        x = self.avg_pool(nnx.relu(self.conv1(x)))
+        x = self.avg_pool(nnx.relu(self.conv2(x)))
+        x = nnx.relu(self.linear1(x.reshape(x.shape[0], -1)))
+        return self.linear2(x)
 
 
 def workload(num_lrs: int, steps: int, dataset: data.Dataset) -> engine.Trainer:
@@ -35,14 +69,18 @@ def workload(num_lrs: int, steps: int, dataset: data.Dataset) -> engine.Trainer:
 
 
 def cnn_model(name: str, dataset: data.Dataset) -> models.Model:
-    """The ``cnn1d`` or ``cnn2d`` workload's model for ``dataset`` (default sizes)."""
+    """The ``cnn1d``, ``cnn2d``, ``user_cnn`` or ``resnet`` workload's model for ``dataset``."""
+    if name == "user_cnn":
+        return models.from_nnx(TutorialCNN, name="user_cnn")
+    sizes = RESNET if name == "resnet" else {}
     return models.make_model(
-        name, dataset.num_features, dataset.num_classes, image_shape=dataset.image_shape
+        name, dataset.num_features, dataset.num_classes, image_shape=dataset.image_shape, **sizes
     )
 
 
 def cnn_workload(name: str, num_configs: int, steps: int, dataset: data.Dataset) -> engine.Trainer:
-    """``num_configs`` log-spaced Adam learning rates × CE × seed 0 of the ``name`` CNN, batch 100."""
+    """``num_configs`` log-spaced Adam learning rates × CE × seed 0 of the ``name`` CNN, batch 100
+    (32 for ``user_cnn``)."""
     if name not in CNN_RATES:
         raise ValueError(f"unknown CNN workload {name!r}; expected one of {list(CNN_RATES)}")
     lo, hi = CNN_RATES[name]
@@ -51,7 +89,7 @@ def cnn_workload(name: str, num_configs: int, steps: int, dataset: data.Dataset)
         cnn_model(name, dataset),
         dataset,
         engine.Layout(("ce",), lrs, (0,)),
-        engine.TrainSettings("adam", steps, CNN_BATCH, steps),
+        engine.TrainSettings("adam", steps, BATCHES.get(name, CNN_BATCH), steps),
     )
 
 

@@ -5,8 +5,9 @@ basic blocks with ``width``, ``2·width`` and ``4·width`` channels (the first b
 halves the spatial size with stride 2), global average pooling and a linear read-out. A basic block
 is ``relu(bn(conv3×3(relu(bn(conv3×3(x))))) + shortcut(x))``; where the shape changes the shortcut
 is a strided 1×1 conv with BatchNorm (option B), else the identity. Convolutions have no bias
-(BatchNorm follows each). Any image shape and channel count: the input rows ``(N, H·W·C)`` are
-reshaped to ``(N, H, W, C)``.
+(BatchNorm follows each) and pad ``k // 2`` on every side, as the CIFAR ResNets of PyTorch do (for a
+strided conv on even sizes Flax's ``SAME`` would pad only the high side). Any image shape and
+channel count: the input rows ``(N, H·W·C)`` are reshaped to ``(N, H, W, C)``.
 
 :func:`softcls_jax.models.make_model` wraps it as the ``resnet`` model (stateful: the BatchNorm
 statistics are per config); this module holds only the network.
@@ -35,10 +36,7 @@ class BasicBlock(nnx.Module):
 
     def __init__(self, in_channels: int, channels: int, stride: int, *, rngs: nnx.Rngs):
         def conv(i: int, o: int, k: int, s: int) -> nnx.Conv:
-            padding = "SAME" if k == 3 else "VALID"
-            return nnx.Conv(
-                i, o, (k, k), strides=(s, s), padding=padding, use_bias=False, rngs=rngs
-            )
+            return nnx.Conv(i, o, (k, k), strides=(s, s), padding=k // 2, use_bias=False, rngs=rngs)
 
         self.conv1 = conv(in_channels, channels, 3, stride)
         self.bn1 = nnx.BatchNorm(channels, rngs=rngs)
@@ -80,7 +78,7 @@ class ResNet(nnx.Module):
             raise ValueError(f"resnet width must be a positive int, got {width!r}")
         self.image_shape = tuple(int(v) for v in image_shape)
         channels = self.image_shape[-1]
-        self.stem = nnx.Conv(channels, width, (3, 3), padding="SAME", use_bias=False, rngs=rngs)
+        self.stem = nnx.Conv(channels, width, (3, 3), padding=1, use_bias=False, rngs=rngs)
         self.stem_bn = nnx.BatchNorm(width, rngs=rngs)
         blocks, in_channels = [], width
         for stage, out_channels in enumerate((width, 2 * width, 4 * width)):

@@ -31,7 +31,7 @@ def test_torch_contenders_agree_when_torch_is_installed(setup):
     pytest.importorskip("torch")
     dataset, steps, params0, batches = setup
     sweep = bench.run_sweep(dataset, 2, steps)
-    for run in (bench.run_torch_loop, bench.run_torch_bmm):
+    for run in (bench.run_torch_loop, bench.run_torch_bmm, bench.run_torch_func):
         result = run(dataset, 2, steps, params0, batches)
         np.testing.assert_allclose(result["accuracy"], sweep["accuracy"], atol=1 / 360 + 1e-9)
 
@@ -77,25 +77,49 @@ def test_cnn_sweep_and_naive_jax_agree(cnn_setups, name):
     np.testing.assert_allclose(sweep["accuracy"], naive["accuracy"], atol=2 / m + 1e-9)
 
 
-@pytest.mark.parametrize("name", ["cnn1d", "cnn2d"])
-def test_torch_cnn_computes_the_same_logits(cnn_setups, name):
-    # The PyTorch contender starts from the same function: NCHW layout and kernels converted.
+def _first_config(name, dataset):
+    """The workload's trainer and config 0's parameters and model state (as the bench takes them)."""
+    trainer = bench.cnn_workload(name, 1, 1, dataset)
+    state = jax.device_get(trainer.init_state())
+    first = jax.tree.map(lambda a: a[0, 0], (state.params, state.model_state))
+    return trainer.model, *first
+
+
+@pytest.mark.parametrize("name", ["cnn1d", "cnn2d", "user_cnn", "resnet"])
+def test_torch_nets_compute_the_same_logits(cnn_setups, name):
+    # The PyTorch contenders start from the same function: NCHW layout and kernels converted,
+    # BatchNorm's statistics copied (eval mode).
     torch = pytest.importorskip("torch")
-    dataset, _, params0, _ = cnn_setups[name]
-    model = bench.cnn_workload(name, 1, 1, dataset).model
-    net = bench.torch_cnn(torch, name, params0, dataset)
-    x = dataset.x_test[:16]
+    dataset = cnn_setups["cnn2d" if name != "cnn1d" else "cnn1d"][0]
+    model, params0, state0 = _first_config(name, dataset)
+    make, _, _, xt = bench._torch_cnn_setup(torch, name, dataset, params0, state0)
     with torch.no_grad():
-        logits = net(bench._torch_images(torch, name, x, dataset)).numpy()
-    np.testing.assert_allclose(logits, model.apply(params0, x), rtol=1e-4, atol=1e-4)
+        logits = make().eval()(xt[:16]).numpy()
+    x = dataset.x_test[:16]
+    want = model.apply_eval(params0, state0, x) if model.stateful else model.apply(params0, x)
+    np.testing.assert_allclose(logits, want, rtol=1e-4, atol=1e-4)
 
 
-def test_cnn_torch_loop_agrees_when_torch_is_installed(cnn_setups):
+@pytest.mark.parametrize("contender", ["torch_loop", "torch_func"])
+def test_cnn_torch_contenders_agree_when_torch_is_installed(cnn_setups, contender):
     pytest.importorskip("torch")
     dataset, steps, params0, batches = cnn_setups["cnn1d"]
     sweep = bench.run_cnn_sweep("cnn1d", dataset, 2, steps)
-    loop = bench.run_cnn_torch_loop("cnn1d", dataset, 2, steps, params0, batches)
-    np.testing.assert_allclose(loop["accuracy"], sweep["accuracy"], atol=0.02)  # ≤ 20 of 1000
+    got = bench.run_cnn_torch(contender, "cnn1d", dataset, 2, steps, params0, batches)
+    np.testing.assert_allclose(got["accuracy"], sweep["accuracy"], atol=0.02)  # ≤ 20 of 1000
+
+
+def test_resnet_torch_func_equals_the_torch_loop_when_torch_is_installed(cnn_setups):
+    # BatchNorm's running statistics are stacked buffers updated per config inside torch.vmap.
+    pytest.importorskip("torch")
+    dataset, steps = cnn_setups["cnn2d"][:2]
+    reference = bench.cnn_workload("resnet", 2, steps, dataset)
+    state = jax.device_get(reference.init_state())
+    params0, state0 = jax.tree.map(lambda a: a[0, 0], (state.params, state.model_state))
+    args = ("resnet", dataset, 2, steps, params0, bench.batch_stream(reference, steps))
+    loop = bench.run_cnn_torch("torch_loop", *args, state0)
+    func = bench.run_cnn_torch("torch_func", *args, state0)
+    np.testing.assert_allclose(func["accuracy"], loop["accuracy"], atol=0.01)
 
 
 def test_cnn_targets_read_the_rows():
@@ -111,9 +135,10 @@ def test_cnn_targets_read_the_rows():
         for g, c, s, t, p in [
             (8, "sweep", 1, 1.0, 0.2),
             (32, "torch_loop", 5.0, 0.1, 0.0),
+            (32, "torch_func", 2.0, 0.1, 0.0),
             (128, "sweep", 1, 1.6, 0.3),
         ]
     ]
     targets = bench.cnn_targets("cnn1d", rows, (8, 32, 128))
-    assert [t["met"] for t in targets] == [True, True, True]
+    assert [t["met"] for t in targets] == [True, True, True, True]
     assert not bench.cnn_targets("cnn2d", rows[:1], (8,))[0]["met"]

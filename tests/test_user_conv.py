@@ -1,32 +1,13 @@
 """A user's nnx.Conv runs as im2col + matmul inside the engine: same values and gradients."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
+from experiments.workload import TutorialCNN  # the CNN of Flax's NNX MNIST tutorial
 from softcls_jax import models
-
-
-class TutorialCNN(nnx.Module):
-    """The CNN of Flax's NNX MNIST tutorial, on rows reshaped to 28×28×1 images."""
-
-    def __init__(self, rngs: nnx.Rngs):
-        self.conv1 = nnx.Conv(1, 32, kernel_size=(3, 3), rngs=rngs)
-        self.conv2 = nnx.Conv(32, 64, kernel_size=(3, 3), rngs=rngs)
-        self.avg_pool = functools.partial(nnx.avg_pool, window_shape=(2, 2), strides=(2, 2))
-        self.linear1 = nnx.Linear(3136, 256, rngs=rngs)
-        self.linear2 = nnx.Linear(256, 10, rngs=rngs)
-
-    def __call__(self, x):
-        x = x.reshape(x.shape[0], 28, 28, 1)
-        x = self.avg_pool(nnx.relu(self.conv1(x)))
-        x = self.avg_pool(nnx.relu(self.conv2(x)))
-        x = nnx.relu(self.linear1(x.reshape(x.shape[0], -1)))
-        return self.linear2(x)
 
 
 def _compare(build, x, rtol=1e-5):
