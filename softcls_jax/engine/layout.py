@@ -11,6 +11,10 @@ combinations of axis values run in row-major order of :attr:`Layout.axis_names` 
 first). ``R`` is padded to ``R'``, a multiple of ``num_devices × num_blocks``, by repeating the last
 combination, so that the configs split evenly over the devices of a mesh or into cache blocks;
 padded configs train like the others and are dropped from every result (:attr:`Layout.real_k`).
+
+A memory block (:meth:`Layout.blocks`) is a layout of a subset of the seeds and a contiguous range
+of the combinations (``combo_range``), padded to a common ``pad_combos``, so that every block of a
+grid has the same shapes and trains through the same compiled program.
 """
 
 from __future__ import annotations
@@ -202,6 +206,9 @@ class Layout:
       axes: other axes, ``{name: values}`` with names from :data:`AXES`.
       num_devices, num_blocks: the configs of each loss are padded to a multiple of their product
         (see :meth:`arranged`).
+      combo_range: ``(start, stop)``: only these combinations of the row-major product (a memory
+        block of the full grid, :meth:`blocks`); None: all of them.
+      pad_combos: pad each loss group to at least this many combinations (a block's common size).
     """
 
     losses: tuple[LossLike, ...]
@@ -210,6 +217,8 @@ class Layout:
     axes: Any = ()  # Mapping[str, Sequence[float]] in, tuple of (name, values) pairs stored
     num_devices: int = 1
     num_blocks: int = 1
+    combo_range: tuple[int, int] | None = None
+    pad_combos: int = 0
 
     def __post_init__(self) -> None:
         axes = self.axes.items() if isinstance(self.axes, Mapping) else self.axes
@@ -265,6 +274,11 @@ class Layout:
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.combo_range is not None:
+            start, stop = self.combo_range
+            if not 0 <= start < stop <= math.prod(len(v) for v in self.axis_values):
+                raise ValueError(f"combo_range {self.combo_range} is outside the grid")
+            set_("combo_range", (int(start), int(stop)))
 
     # ---------------------------------------------------------------- the configs
 
@@ -285,19 +299,31 @@ class Layout:
         )
 
     def combos(self) -> list[tuple[float, ...]]:
-        """The ``R`` combinations of axis values, row-major in :attr:`axis_names`."""
-        return list(itertools.product(*self.axis_values))
+        """The ``R`` combinations of axis values, row-major in :attr:`axis_names` (those of
+        ``combo_range`` only, for a memory block)."""
+        product = itertools.product(*self.axis_values)
+        if self.combo_range is None:
+            return list(product)
+        return list(itertools.islice(product, *self.combo_range))
+
+    @property
+    def num_combos(self) -> int:
+        """``R``, without building the combinations."""
+        if self.combo_range is not None:
+            return self.combo_range[1] - self.combo_range[0]
+        return math.prod(len(v) for v in self.axis_values)
 
     @property
     def group_size(self) -> int:
-        """``R'``: combinations per loss group, padded to a multiple of devices × blocks."""
+        """``R'``: combinations per loss group, padded to ``pad_combos`` and then to a multiple of
+        devices × blocks."""
         parts = self.num_devices * self.num_blocks
-        return -(-len(self.combos()) // parts) * parts
+        return -(-max(self.num_combos, self.pad_combos) // parts) * parts
 
     @property
     def shape(self) -> tuple[int, int]:
         """``(S, K)`` of the real configs."""
-        return len(self.seeds), len(self.losses) * len(self.combos())
+        return len(self.seeds), len(self.losses) * self.num_combos
 
     @property
     def padded_shape(self) -> tuple[int, int]:
@@ -320,7 +346,7 @@ class Layout:
     @property
     def real_k(self) -> np.ndarray:
         """``(K,)``: the padded index of each real config's K position."""
-        r, rp = len(self.combos()), self.group_size
+        r, rp = self.num_combos, self.group_size
         return np.array([g * rp + i for g in range(len(self.losses)) for i in range(r)])
 
     def index(self, loss: str, seed: int, **values: float) -> tuple[int, int]:
@@ -352,10 +378,55 @@ class Layout:
         """This grid arranged for ``num_devices`` devices, or on one device in cache blocks of at
         most ``block_configs`` configs (0: one block). Each part holds the same number of axis
         combinations of every loss."""
-        blocks, per_loss = 1, len(self.combos())
+        blocks, per_loss = 1, max(self.num_combos, self.pad_combos)
         if num_devices == 1 and 0 < block_configs < len(self.losses) * per_loss:
             blocks = -(-per_loss // max(1, block_configs // len(self.losses)))
         return dataclasses.replace(self, num_devices=num_devices, num_blocks=blocks)
+
+    def real(self) -> Layout:
+        """The real configs only: no padding for devices, cache blocks or a block's size."""
+        return dataclasses.replace(self, num_devices=1, num_blocks=1, pad_combos=0)
+
+    def blocks(self, configs_per_block: int) -> list[Layout]:
+        """This grid as memory blocks of at most ``configs_per_block`` configs, all of one shape.
+
+        Whole seeds when a seed's ``L · R`` configs fit (as many seeds per block as fit and divide
+        the seeds evenly); else one seed per block and its combinations in ``ceil(R / r)`` ranges
+        of ``r`` each (every loss of a combination in the same block, since the losses are fixed
+        at trace time), the last range padded to ``r``. Blocks run seed-major. ``[self]`` if the
+        grid fits.
+
+        Raises:
+          ValueError: ``configs_per_block`` smaller than one combination of every loss.
+        """
+        n_loss, r, s = len(self.losses), self.num_combos, len(self.seeds)
+        if configs_per_block >= s * n_loss * r:
+            return [self]
+        if configs_per_block < n_loss:
+            raise ValueError(
+                f"a block holds at least one config of each of the {n_loss} losses; "
+                f"{configs_per_block} configs per block is too few"
+            )
+        if configs_per_block >= n_loss * r:  # whole seeds
+            per = max(
+                d for d in range(1, s + 1) if s % d == 0 and d * n_loss * r <= configs_per_block
+            )
+            return [
+                dataclasses.replace(self, seeds=self.seeds[i : i + per]) for i in range(0, s, per)
+            ]
+        ranges = -(-r // (configs_per_block // n_loss))
+        per = -(-r // ranges)
+        first = 0 if self.combo_range is None else self.combo_range[0]
+        return [
+            dataclasses.replace(
+                self,
+                seeds=(seed,),
+                combo_range=(first + i, first + min(i + per, r)),
+                pad_combos=per,
+            )
+            for seed in self.seeds
+            for i in range(0, r, per)
+        ]
 
     def describe(self) -> str:
         """``"2 losses × 2 learning rates × 2 weight_decay × 3 seeds = 24 configs"``."""
