@@ -1,7 +1,9 @@
 """Crash-safe, self-checking sweep checkpoints: the whole training state and metrics so far, one file.
 
 A checkpoint holds the grid state (parameters, optimizer states, every config's hyperparameters,
-divergence steps, step count) and the metric history. Random streams need no saving: the engine
+divergence steps, step count) and the metric history; one written on a signal in the middle of a
+chunk (:mod:`softcls_jax.preemption`) also holds that chunk's running sums (``pending``) and the
+steps per compiled segment, which a resumed run keeps. Random streams need no saving: the engine
 derives every key from ``(seed, step)``, so a restored state continues exactly where it stopped.
 
 Format: a header line ``softcls-jax checkpoint 2``, the sha256 of the payload in hex and a newline,
@@ -18,11 +20,10 @@ steps against ``eval_every`` chunking, and every config's hyperparameters agains
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import pathlib
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -35,23 +36,48 @@ FILENAME = "checkpoint.msgpack"
 MAGIC = b"softcls-jax checkpoint 2\n"
 
 
+PENDING = ("train_loss", "grad_norm")  # the running sums of an unfinished chunk
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: unreadable, corrupted, or not of this sweep."""
 
 
-def save(path: str | os.PathLike, state: GridState, history: list[dict]) -> None:
-    """Writes ``state`` and ``history`` atomically to ``path``, with the payload's sha256."""
+class Restored(NamedTuple):
+    """A checked checkpoint: the state (numpy), the history, and for one written mid-chunk the
+    chunk's running sums (``{"from_step", "train_loss", "grad_norm"}``) and its segment steps."""
+
+    state: GridState
+    history: list[dict]
+    pending: dict | None = None
+    segment_steps: int | None = None
+
+
+def save(
+    path: str | os.PathLike,
+    state: GridState,
+    history: list[dict],
+    pending: dict | None = None,
+    segment_steps: int | None = None,
+) -> None:
+    """Writes ``state`` and ``history`` atomically to ``path``, with the payload's sha256; with
+    ``pending``, the running sums of the chunk ``state`` is in the middle of."""
     leaves = jax.device_get(jax.tree.leaves(state))
-    payload = serialization.msgpack_serialize(
-        {
-            "leaves": {str(i): np.asarray(leaf) for i, leaf in enumerate(leaves)},
-            "history": {
-                "step": np.asarray([h["step"] for h in history], np.int64),
-                **{m: np.stack([np.asarray(h[m]) for h in history]) for m in METRICS},
-            },
+    content = {
+        "leaves": {str(i): np.asarray(leaf) for i, leaf in enumerate(leaves)},
+        "history": {
+            "step": np.asarray([h["step"] for h in history], np.int64),
+            **{m: np.stack([np.asarray(h[m]) for h in history]) for m in METRICS},
+        },
+    }
+    if segment_steps is not None:
+        content["segment_steps"] = np.int64(segment_steps)
+    if pending is not None:
+        content["pending"] = {
+            "from_step": np.int64(pending["from_step"]),
+            **{m: np.asarray(pending[m], np.float64) for m in PENDING},
         }
-    )
-    write_payload(path, payload)
+    write_payload(path, serialization.msgpack_serialize(content))
 
 
 def write_payload(path: str | os.PathLike, payload: bytes) -> None:
@@ -108,6 +134,17 @@ def restore(
     Raises:
       CheckpointError: naming what is wrong: unreadable or corrupted, or not of this grid.
     """
+    restored = restore_run(path, template, layout, settings)
+    return restored.state, restored.history
+
+
+def restore_run(
+    path: str | os.PathLike,
+    template: Any,
+    layout: Layout | None = None,
+    settings: TrainSettings | None = None,
+) -> Restored:
+    """:func:`restore`, with a mid-chunk checkpoint's running sums and segment steps."""
     payload = read_payload(path)
     try:
         leaves = [np.asarray(payload["leaves"][str(i)]) for i in range(len(payload["leaves"]))]
@@ -131,8 +168,19 @@ def restore(
             )
     state = jax.tree.unflatten(jax.tree.structure(template), leaves)
     history = _history(path, steps, metrics)
-    _check(path, state, history, layout, settings)
-    return state, history
+    try:
+        segment = payload.get("segment_steps")
+        segment = None if segment is None else int(segment)
+        pending = payload.get("pending")
+        if pending is not None:
+            pending = {
+                "from_step": int(pending["from_step"]),
+                **{m: np.asarray(pending[m], np.float64) for m in PENDING},
+            }
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} is unreadable: {e}") from None
+    _check(path, state, history, layout, settings, pending, segment)
+    return Restored(state, history, pending, segment)
 
 
 def _history(path: Any, steps: np.ndarray, metrics: dict[str, np.ndarray]) -> list[dict]:
@@ -156,15 +204,32 @@ def _check(
     history: list[dict],
     layout: Layout | None,
     settings: TrainSettings | None,
+    pending: dict | None = None,
+    segment: int | None = None,
 ) -> None:
     """The checkpoint against its own history and, if given, the spec's grid and settings."""
     bad = lambda what: CheckpointError(f"checkpoint {path} {what}")
     step = int(np.asarray(state.step))
     recorded = [h["step"] for h in history]
-    if step != recorded[-1]:
+    if segment is not None and segment < 1:
+        raise bad(f"records {segment} steps per segment")
+    if pending is None and step != recorded[-1]:
         raise bad(
             f"is inconsistent: its state is at step {step}, its history ends at step {recorded[-1]}"
         )
+    if pending is not None:
+        if segment is None or pending["from_step"] != recorded[-1] or step <= recorded[-1]:
+            raise bad(
+                f"is inconsistent: its state is at step {step} inside a chunk from step "
+                f"{pending['from_step']}, its history ends at step {recorded[-1]}"
+            )
+        if (step - recorded[-1]) % segment or (
+            settings is not None and step >= min(recorded[-1] + settings.eval_every, settings.steps)
+        ):
+            raise bad(f"stopped at step {step}, not a segment boundary inside its chunk")
+        for m in PENDING:
+            if pending[m].shape != history[0][m].shape:
+                raise bad(f"has running sums of {m} of shape {list(pending[m].shape)}")
     if settings is not None:
         every, total = settings.eval_every, settings.steps
         expected = [min(i * every, total) for i in range(len(recorded))]
@@ -178,7 +243,7 @@ def _check(
         raise bad(f"records divergence steps outside [-1, {step}] at step {step}")
     if layout is None:
         return
-    layout = dataclasses.replace(layout, num_devices=1, num_blocks=1)  # the real configs only
+    layout = layout.real()  # the real configs only
     shape = layout.shape
     for m in METRICS:
         if history[0][m].shape != shape:

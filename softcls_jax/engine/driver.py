@@ -10,6 +10,7 @@ replicated; on several hosts the same code runs in every process after ``jax.dis
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -21,6 +22,7 @@ from jax.experimental import checkify
 from jax.sharding import Mesh
 
 from softcls_jax import losses as losses_lib
+from softcls_jax import memory
 from softcls_jax.data import Dataset, with_label_noise
 from softcls_jax.engine import batches, evaluate, step
 from softcls_jax.engine.layout import LOSS_AXES, Layout
@@ -29,12 +31,20 @@ from softcls_jax.engine.step import Data, GridState
 from softcls_jax.labels import check_labels
 from softcls_jax.models import Model
 from softcls_jax.optim import make_optimizer
+from softcls_jax.preemption import Preempted, StopCheck
 
 # Configs per cache block on CPU, chosen by measurement (docs/performance.md): a block's parameters
 # and activations should stay in cache for the whole chunk. cnn1d's per-config activations are
 # larger than the MLP's, so fewer of them fit a block.
 CPU_BLOCK = 64
 MODEL_CPU_BLOCKS = {"cnn1d": 8}
+# A chunk longer than this (estimated from its FLOPs at a conservative rate, below) runs as shorter
+# segments when the run can be stopped (SIGTERM), so a stop is reached within a few seconds.
+SEGMENT_SECONDS = 2.0
+ASSUMED_FLOPS_PER_S = 2e10  # below what this engine reaches on one CPU core; GPUs are far faster
+
+
+PARTIAL_METRICS = ("train_loss", "grad_norm")  # the chunk's metrics summed over its segments
 
 
 def _loss_fn(loss: Any) -> Callable[..., jax.Array]:
@@ -121,6 +131,8 @@ class Trainer:
       devices: the devices whose mesh shards the configs; all of ``jax.devices()`` by default.
       block_configs: on one device, a chunk trains at most this many configs at a time, block after
         block (0: all at once). Default: 64 on CPU (8 for ``cnn1d``), all at once elsewhere.
+      compile_cache: compiled programs shared with other trainers of the same shapes (the memory
+        blocks of one grid): each program compiles once for all of them.
 
     Attributes:
       layout: the layout as arranged here (padding for devices and blocks): ask it which config is
@@ -133,6 +145,8 @@ class Trainer:
       compile_seconds: time XLA spent compiling them (what the persistent compilation cache saves).
       eval_seconds: time spent running the evaluation program (compiling it is counted above):
         every record evaluates all configs on the test, train and validation splits.
+      segment_steps: None: every chunk runs as one compiled call; else as calls of this many steps
+        (a stoppable run with long chunks, :meth:`choose_segment`).
     """
 
     def __init__(
@@ -143,6 +157,7 @@ class Trainer:
         settings: TrainSettings,
         devices: Sequence[jax.Device] | None = None,
         block_configs: int | None = None,
+        compile_cache: dict[Any, Any] | None = None,
     ):
         n_train = dataset.x_train.shape[0]
         if settings.batch_size > n_train:
@@ -227,7 +242,11 @@ class Trainer:
         self.loss_ids = self._replicate(self.layout.loss_of_k())
         self.num_traces = 0
         self.trace_seconds = self.compile_seconds = self.eval_seconds = 0.0
-        self._compiled: dict[Any, Any] = {}  # "init", "eval", ("chunk"/"indices", steps) -> exe
+        # "init", "eval", ("chunk"/"indices", steps) -> executable
+        self._compiled: dict[Any, Any] = {} if compile_cache is None else compile_cache
+        self._chunk_compiles = 0  # chunk programs this trainer compiled (not found in the cache)
+        self._lowered: tuple[int, Any] | None = None  # a chunk lowered by choose_segment
+        self.segment_steps: int | None = None
         self._init_fn = jax.jit(functools.partial(step.init, self.program))
         self._eval_fn = jax.jit(functools.partial(evaluate.evaluate, self.program))
         indices = lambda key, first, n: batches.batch_indices(
@@ -291,7 +310,7 @@ class Trainer:
     def padded_k(self) -> np.ndarray:
         """``(K',)``: the real config each padded position copies (itself for a real one; padding
         repeats the last combination of its loss group, as :meth:`Layout.hparams` does)."""
-        r, rp = len(self.layout.combos()), self.layout.group_size
+        r, rp = self.layout.num_combos, self.layout.group_size
         return np.array(
             [g * r + min(i, r - 1) for g in range(len(self.layout.losses)) for i in range(rp)]
         )
@@ -313,24 +332,28 @@ class Trainer:
 
     # ---------------------------------------------------------------- compiled programs
 
-    def _compiled_once(self, key: Any, fn: Any, *args: Any, llvm_level: int | None = None) -> Any:
+    def _compiled_once(
+        self, key: Any, fn: Any, *args: Any, llvm_level: int | None = None, lowered: Any = None
+    ) -> Any:
         """``fn`` compiled ahead of time for these arguments, once per ``key``; both times counted.
 
         ``llvm_level``: a program that runs once per sweep or chunk and does little work (the init,
         the minibatch indices) is compiled by XLA:CPU at this LLVM level, not -O2, since its compile
         is most of its cost: the init at -O1 (-O0 changes float rounding), the integer-only indices
-        at -O0. The results are bitwise the same (tested).
+        at -O0. The results are bitwise the same (tested). ``lowered``: ``fn`` already lowered for
+        ``args`` (its tracing counted by the caller).
         """
         if key not in self._compiled:
             jax.block_until_ready(args)  # or the timer would also count a chunk still running
             cheap = llvm_level is not None and self.devices[0].platform == "cpu"
             options = {"xla_backend_optimization_level": llvm_level} if cheap else None
             start = time.perf_counter()
-            lowered = fn.lower(*args)
+            lowered = fn.lower(*args) if lowered is None else lowered
             traced = time.perf_counter()
             self._compiled[key] = lowered.compile(compiler_options=options)
             self.trace_seconds += traced - start
             self.compile_seconds += time.perf_counter() - traced
+            self._chunk_compiles += isinstance(key, tuple) and key[0] == "chunk"
         return self._compiled[key]
 
     def state_template(self) -> GridState:
@@ -356,8 +379,73 @@ class Trainer:
 
     @property
     def compiled_chunks(self) -> int:
-        """How many chunk programs were compiled (one per distinct chunk length)."""
-        return sum(1 for k in self._compiled if isinstance(k, tuple) and k[0] == "chunk")
+        """How many chunk programs this trainer compiled (one per distinct chunk length; none
+        for a memory block whose program an earlier block compiled)."""
+        return self._chunk_compiles
+
+    def _abstract_state(self) -> Any:
+        """The state's shapes, dtypes and placement, from the compiled init (nothing runs)."""
+        args = (self.init_keys, self.hparams)
+        return self._compiled_once("init", self._init_fn, *args, llvm_level=1).out_info
+
+    def _abstract_indices(self, template: GridState, num_steps: int) -> Any:
+        args = (self.data_keys, template.step, num_steps)
+        fn = self._compiled_once(("indices", num_steps), self._indices_fn, *args, llvm_level=0)
+        return fn.out_info
+
+    def choose_segment(self, first_step: int = 0) -> int | None:
+        """The steps per compiled call of a stoppable run: None (whole chunks) unless a chunk is
+        estimated to take more than ``2 · SEGMENT_SECONDS``, then the largest divisor of
+        ``gcd(eval_every, steps)`` estimated to take at most ``SEGMENT_SECONDS`` (at least 1).
+
+        The estimate is the chunk program's FLOPs per step (XLA's cost analysis of the lowered
+        program, before compiling) at :data:`ASSUMED_FLOPS_PER_S`: deterministic, so reruns
+        segment alike; the parameters after a segmented chunk are bitwise those of the whole
+        chunk (tested). The lowered chunk is kept for :meth:`compile_ahead`.
+        """
+        template = self._abstract_state()
+        n = next(self.chunk_sizes(first_step), 0)
+        if n == 0:
+            return None
+        indices = self._abstract_indices(template, n)
+        start = time.perf_counter()
+        self._lowered = (n, self._chunk_fn.lower(template, self.data, indices))
+        self.trace_seconds += time.perf_counter() - start
+        try:
+            cost = self._lowered[1].cost_analysis()
+            cost = cost[0] if isinstance(cost, list) else cost
+            per_step = float(cost["flops"]) * self.layout.num_blocks  # loop bodies count once
+        except Exception:  # a backend without a cost model: whole chunks
+            return None
+        seconds = per_step / ASSUMED_FLOPS_PER_S
+        if n * seconds <= 2 * SEGMENT_SECONDS:
+            return None
+        g = math.gcd(self.settings.eval_every, self.settings.steps)
+        fits = [d for d in range(1, g + 1) if g % d == 0 and d * seconds <= SEGMENT_SECONDS]
+        return max(fits, default=1)
+
+    def compile_ahead(self, first_step: int = 0) -> int | None:
+        """Compiles the init, the first chunk (of :attr:`segment_steps` if set) and the
+        evaluation on the state's abstract shapes, before any state exists; returns the bytes per
+        device the larger of the chunk and the evaluation needs (None where the backend does not
+        say). Nothing is allocated, so a grid too large for the device is found before it fails."""
+        template = self._abstract_state()
+        n = self.segment_steps or next(self.chunk_sizes(first_step), self.settings.eval_every)
+        indices = self._abstract_indices(template, n)
+        lowered = self._lowered[1] if self._lowered is not None and self._lowered[0] == n else None
+        self._lowered = None
+        chunk = self._compiled_once(
+            ("chunk", n), self._chunk_fn, template, self.data, indices, lowered=lowered
+        )
+        evaluate_fn = self._compiled_once("eval", self._eval_fn, template, self.data, self.loss_ids)
+        needs = [memory.program_bytes(c) for c in (chunk, evaluate_fn)]
+        return None if None in needs else max(needs)
+
+    def fixed_bytes(self) -> int:
+        """Per-device bytes that do not grow with the configs: the data and a chunk's indices."""
+        s, b = len(self.layout.seeds), self.settings.batch_size
+        indices = (self.segment_steps or self.settings.eval_every) * s * b * 4
+        return memory.tree_bytes(self.data) + indices
 
     # ---------------------------------------------------------------- results
 
@@ -420,10 +508,11 @@ class Trainer:
         return result
 
     def chunk_sizes(self, start: int = 0) -> Iterator[int]:
-        """Steps of each remaining chunk: ``eval_every`` each, the last one possibly shorter."""
-        step_ = start
+        """Steps of each remaining chunk: up to the next multiple of ``eval_every`` (or the last
+        step) each, so ``eval_every`` each from a multiple, the last one possibly shorter."""
+        step_, every = start, self.settings.eval_every
         while step_ < self.settings.steps:
-            size = min(self.settings.eval_every, self.settings.steps - step_)
+            size = min((step_ // every + 1) * every, self.settings.steps) - step_
             yield size
             step_ += size
 
@@ -432,6 +521,9 @@ class Trainer:
         state: GridState | None = None,
         history: list[dict] | None = None,
         on_chunk: Callable[[GridState, list[dict]], None] | None = None,
+        stop: StopCheck | None = None,
+        on_stop: Callable[[GridState, list[dict], dict | None], None] | None = None,
+        pending: dict | None = None,
     ) -> tuple[GridState, list[dict]]:
         """Trains to ``settings.steps``; returns the final state and one metrics record per chunk.
 
@@ -440,6 +532,11 @@ class Trainer:
           history: the records so far, continued in place; a fresh run starts with the step-0 record.
           on_chunk: called after every chunk with the new state and the history so far (its last
             record is the new one); it must not keep ``state``, which the next chunk donates.
+          stop: asked before every compiled call (a chunk, or a segment of :attr:`segment_steps`);
+            once it returns a reason, ``on_stop`` gets the state, the history and the unfinished
+            chunk's running sums (:meth:`partial_sums`; None at a chunk boundary), and
+            :class:`~softcls_jax.preemption.Preempted` is raised.
+          pending: the running sums of the chunk ``state`` stopped in (from a checkpoint).
 
         Returns:
           ``(state, history)``; each record is ``{"step": int, metric: (S, K) array, ...}``.
@@ -448,9 +545,53 @@ class Trainer:
             state = self.init_state()
             history = [{"step": 0, **self.evaluate(state)}]
         history = [] if history is None else history
+
+        def check(partial: dict | None) -> None:
+            reason = stop() if stop is not None else None
+            if reason is not None:
+                if on_stop is not None:
+                    on_stop(state, history, partial)
+                raise Preempted(reason, int(state.step))
+
+        d = self.segment_steps
         for size in self.chunk_sizes(int(state.step)):
-            state, out = self.run_chunk(state, size)
+            if d is None or (d >= size and pending is None):
+                check(None)
+                state, out = self.run_chunk(state, size)
+            else:  # segments of d steps; their means summed on the host
+                sums = pending or self.partial_sums(state)
+                pending = None
+                for _ in range(size // d):
+                    check(sums if int(state.step) > sums["from_step"] else None)
+                    state, segment = self.train_chunk(state, d)
+                    sums = self.partial_sums(state, segment, d, sums)
+                out = {**self._test_metrics(state), **self.partial_means(sums, int(state.step))}
             history.append({"step": int(state.step), **out})
             if on_chunk is not None:
                 on_chunk(state, history)
         return state, history
+
+    def partial_sums(
+        self,
+        state: GridState,
+        segment: dict | None = None,
+        steps: int = 0,
+        sums: dict | None = None,
+    ) -> dict:
+        """The running sums of an unfinished chunk, ``{"from_step": its first step, "train_loss",
+        "grad_norm": (S, K) float64 sums over its steps so far}``, with a segment of ``steps``
+        steps (its means, ``(S, K')`` on the devices) added."""
+        if sums is None:
+            zeros = np.zeros(self.layout.shape, np.float64)
+            sums = {"from_step": int(state.step), "train_loss": zeros, "grad_norm": zeros}
+        if segment is None:
+            return sums
+        means = self.real(jax.device_get(segment))
+        added = {m: sums[m] + means[m].astype(np.float64) * steps for m in PARTIAL_METRICS}
+        return {"from_step": sums["from_step"], **added}
+
+    @staticmethod
+    def partial_means(sums: dict, step: int) -> dict[str, np.ndarray]:
+        """A finished chunk's ``train_loss`` and ``grad_norm`` means from its running sums."""
+        n = step - sums["from_step"]
+        return {m: (sums[m] / n).astype(np.float32) for m in PARTIAL_METRICS}
