@@ -113,7 +113,12 @@ class Progress:
         best = f"best test acc {100 * np.nanmax(acc):.1f} %" if finite.any() else "all diverged"
         status = f"{best}  diverged {int((~finite).sum())}/{acc.size}"
         if not self.terminal:
-            print(f"[{step:>{len(str(total))}}/{total}] {seconds:7.1f} s  {status}", flush=True)
+            left = (
+                f"  about {seconds * (total - step) / step:.0f} s left" if 0 < step < total else ""
+            )
+            print(
+                f"[{step:>{len(str(total))}}/{total}] {seconds:7.1f} s{left}  {status}", flush=True
+            )
             return
         if self.bar is None:
             from tqdm import tqdm

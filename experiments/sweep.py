@@ -10,6 +10,10 @@ Any hyperparameter of softcls_jax.engine.AXES, and any numeric hyperparameter of
 those of AXES also take a single value (``--NAME=V``). The whole product trains as one program,
 compiled once.
 Checkpoints after every chunk: the same command on the same --workdir resumes an interrupted sweep.
+A grid larger than the device's memory trains in blocks of configs through the same compiled program
+(--memory_budget, --max_configs_per_block). SIGTERM or SIGINT (a preempted VM, SLURM, Colab) stops
+at the next step boundary, writes a checkpoint, prints how to resume and exits with status 75
+(EX_TEMPFAIL); a second signal exits at once.
 Writes into --workdir: results.json (settings, versions, devices, per config its axis values, final
 metrics, divergence and curves), results.csv, summary.md (tables), and PNG plots. Prints progress per
 chunk and, at the end, a learning-rate × loss table of final test accuracy. Bad flags exit with
@@ -29,6 +33,7 @@ from absl import app, flags
 from softcls_jax import results
 from softcls_jax.engine import AXES
 from softcls_jax.losses import LOSSES
+from softcls_jax.preemption import EXIT_PREEMPTED, Preempted
 from softcls_jax.sweep import SettingError, SweepSpec, run_sweep
 
 from .cli import FlagError, Progress, fail, number, parse_flags
@@ -107,6 +112,17 @@ flags.DEFINE_bool(
     "Also check label ranges inside the compiled program (jax.experimental.checkify).",
 )
 
+flags.DEFINE_string(
+    "memory_budget",
+    None,
+    "GB of memory one device may use (default: what the device reports free; on CPU half the "
+    "available RAM); a grid that needs more trains in blocks of configs, one after the other.",
+)
+flags.DEFINE_string(
+    "max_configs_per_block",
+    None,
+    "Train at most this many configs at once (blocks of equal size through one compiled program).",
+)
 flags.DEFINE_bool(
     "distributed",
     False,
@@ -282,6 +298,8 @@ def main(argv: Sequence[str]) -> None:
             flush=True,
         )
         progress = Progress()
+        budget = FLAGS.memory_budget
+        cap = FLAGS.max_configs_per_block
         document = run_sweep(
             spec,
             FLAGS.workdir,
@@ -291,7 +309,19 @@ def main(argv: Sequence[str]) -> None:
                 f"resuming from the checkpoint at step {step}", flush=True
             ),
             tensorboard=FLAGS.tensorboard,
+            memory_budget=None if budget is None else number("memory_budget", budget),
+            max_configs_per_block=None
+            if cap is None
+            else number("max_configs_per_block", cap, int, minimum=1),
+            on_plan=lambda line: print(line, flush=True),
         )
+    except Preempted as e:
+        progress.close()
+        print(
+            f"{e}; the checkpoint is in {FLAGS.workdir}: run the same command again to resume",
+            flush=True,
+        )
+        sys.exit(EXIT_PREEMPTED)
     except FlagError as e:
         fail(str(e))
     except SettingError as e:

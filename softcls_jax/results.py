@@ -325,5 +325,10 @@ def summary_markdown(document: dict[str, Any], plots: Sequence[str] = ()) -> str
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     timing = document.get("timing", {})
     if timing:
-        lines += ["", "## Timing", "", ", ".join(f"{k}: {v:.3g}" for k, v in timing.items())]
+        shown = (
+            f"{k}: {v:.3g}" if isinstance(v, (int, float)) else f"{k}: {v}"
+            for k, v in timing.items()
+            if v is not None
+        )
+    lines += ["", "## Timing", "", ", ".join(shown)]
     return "\n".join(lines) + "\n"

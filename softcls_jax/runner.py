@@ -11,6 +11,7 @@ and losses (any ``loss(logits, labels) -> per-example loss``):
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pathlib
 import time
@@ -19,7 +20,7 @@ from typing import Any
 
 import jax
 
-from softcls_jax import checkpoint, results, trained
+from softcls_jax import checkpoint, memory, results, trained
 from softcls_jax import plan as plan_lib
 from softcls_jax.data import Dataset, with_validation
 from softcls_jax.engine import Layout, Trainer, TrainSettings
@@ -27,10 +28,14 @@ from softcls_jax.engine.layout import LossLike
 from softcls_jax.files import writable_dir
 from softcls_jax.models import Model
 from softcls_jax.optim import OptimizerLike, optimizer_name
+from softcls_jax.preemption import Preempted, StopCheck, stop_on_signals
 
 Progress = Callable[[int, int, dict, float], None]  # (step, total steps, record, seconds so far)
 PLOTS = ("accuracy_vs_lr.png", "learning_curves.png", "train_loss_curves.png")
 TENSORBOARD = "tensorboard"  # the event files' directory inside a workdir
+BLOCK_PLAN = (
+    ".blocks.json"  # beside a checkpoint NAME.EXT: NAME.blocks.json, the blocks it was cut in
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +51,21 @@ class Run:
     parts: tuple[Run, ...] = ()  # per architecture of a plan of several (params None above)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Hooks:
+    """What every block of a run shares besides the grid: the document's settings section, the
+    callbacks, the TensorBoard directory, the selection split and a part's architecture values."""
+
+    described: Mapping[str, Any] | None = None
+    on_progress: Progress | None = None
+    on_resume: Callable[[int], None] | None = None
+    tensorboard_dir: str | os.PathLike | None = None
+    select_on: str = "val"
+    extra_axes: tuple[tuple[str, float], ...] = ()
+    stop: StopCheck | None = None
+    on_plan: Callable[[str], None] | None = None
+
+
 def run(
     model: Model | plan_lib.ModelFor,
     dataset: Dataset,
@@ -59,6 +79,10 @@ def run(
     on_resume: Callable[[int], None] | None = None,
     tensorboard_dir: str | os.PathLike | None = None,
     select_on: str = "val",
+    memory_budget: float | None = None,
+    max_configs_per_block: int | None = None,
+    stop: StopCheck | None = None,
+    on_plan: Callable[[str], None] | None = None,
 ) -> Run:
     """Trains every config of ``layout``; checkpoints after every chunk if ``checkpoint_path``.
 
@@ -66,6 +90,13 @@ def run(
     program per architecture, one after the other, each with its own checkpoint
     (``NAME.archI.EXT``), into one document; ``model`` is then a factory
     ``model(width=…, depth=…) -> Model`` taking those axes.
+
+    Memory blocks. Before anything is allocated, the grid's programs are compiled and their
+    per-device memory read (:mod:`softcls_jax.memory`). A grid that does not fit the budget, or has
+    more than ``max_configs_per_block`` configs, trains as blocks of configs one after the other
+    (:meth:`~softcls_jax.engine.Layout.blocks`: equal shapes, so one compiled program serves all),
+    each with its checkpoint ``NAME.blockJ.EXT`` and the cut recorded in ``NAME.blocks.json`` (kept
+    on resume), into one document whose ``timing`` says how many blocks ran and why.
 
     Args:
       model, dataset, layout, settings: what to train.
@@ -79,11 +110,19 @@ def run(
         there, one run per config with its HParams (:mod:`softcls_jax.tensorboard`).
       select_on: the split whose metrics choose the best setting per loss (``"val"``; ``"test"``
         only when the data set has no validation split, and flagged as optimistic).
+      memory_budget: GB a device may use (default: measured, :func:`softcls_jax.memory.device_budget`).
+      max_configs_per_block: at most this many configs per block (default: as many as fit).
+      stop: asked at every step boundary the loop reaches (:mod:`softcls_jax.preemption`); once it
+        gives a reason, the state is checkpointed and :class:`~softcls_jax.preemption.Preempted`
+        raised. Long chunks then run as shorter segments of one compiled program.
+      on_plan: called with one line each about the block plan and the time it will take.
 
     Raises:
-      ValueError: bad settings; :class:`~softcls_jax.checkpoint.CheckpointError` for a checkpoint
-        that is corrupted or not of this grid.
+      ValueError: bad settings; :class:`~softcls_jax.memory.MemoryBudgetError` if one block of the
+        smallest size does not fit; :class:`~softcls_jax.checkpoint.CheckpointError` for a
+        checkpoint that is corrupted or not of this grid.
       OSError: a checkpoint could not be written (out of space, …); the last good one stays.
+      Preempted: ``stop`` asked to stop (after the checkpoint).
     """
     plan = plan_lib.Plan.of(layout)
     is_model = isinstance(model, Model)
@@ -100,6 +139,10 @@ def run(
         on_resume=on_resume,
         tensorboard_dir=tensorboard_dir,
         select_on=select_on,
+        memory_budget=memory_budget,
+        max_configs_per_block=max_configs_per_block,
+        stop=stop,
+        on_plan=on_plan,
     )
     if is_model:
         return _run_one(model, dataset, layout, settings, described=described, **kwargs)
@@ -130,9 +173,9 @@ def _run_plan(
         path = plan.checkpoint(checkpoint_path, part)
         offset = part.index * settings.steps
         progress = None
-        if on_progress is not None:
-            progress = lambda step, _, record, s, offset=offset: on_progress(
-                offset + step, total, record, s
+        if on_progress is not None:  # the part's steps (of all its blocks) as its share of total
+            progress = lambda step, steps, record, s, offset=offset: on_progress(
+                offset + step * settings.steps // steps, total, record, s
             )
         done.append(
             _run_one(
@@ -142,7 +185,7 @@ def _run_plan(
                 settings,
                 described=described,
                 checkpoint_path=path,
-                resume=resume and path is not None and path.exists(),
+                resume=resume and path is not None,
                 on_progress=progress,
                 select_on=select_on,
                 extra_axes=part.architecture,
@@ -170,16 +213,305 @@ def _run_one(
     tensorboard_dir: str | os.PathLike | None,
     select_on: str,
     extra_axes: tuple[tuple[str, float], ...] = (),
+    memory_budget: float | None = None,
+    max_configs_per_block: int | None = None,
+    stop: StopCheck | None = None,
+    on_plan: Callable[[str], None] | None = None,
 ) -> Run:
-    """:func:`run` of one program (a layout without architecture axes)."""
+    """:func:`run` of one program (a layout without architecture axes), in memory blocks if it
+    does not fit."""
+    hooks = _Hooks(
+        described, on_progress, on_resume, tensorboard_dir, select_on, extra_axes, stop, on_plan
+    )
     start = time.perf_counter()
+    path = None if checkpoint_path is None else pathlib.Path(checkpoint_path)
+    recorded = _read_block_plan(path) if resume else None
     trainer = Trainer(model, dataset, layout, settings)
-    state, history = None, None
-    if resume:  # checked against this grid and settings; saved device-independent, padded here
-        host, history = checkpoint.restore(
-            checkpoint_path, trainer.portable_template(), layout, settings
+    budget, source = memory.device_budget(trainer.devices[0], memory_budget)
+    cap = max_configs_per_block
+    if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
+        raise ValueError(f"max_configs_per_block must be an integer >= 1, got {cap!r}")
+    plan_info: dict[str, Any] = {"budget_bytes": budget, "budget": source}
+    if recorded is not None:  # a blocked run resumes with its own cut
+        per_block, reason = recorded["configs_per_block"], recorded["reason"]
+    elif cap is not None and layout.size > cap:  # cut by hand: the whole grid is never compiled
+        per_block, reason = cap, f"max_configs_per_block={cap}"
+    else:
+        restored = _restore(trainer, path, layout, settings) if resume else None
+        first = 0 if restored is None else int(restored.state.step)
+        trainer.segment_steps = (
+            restored.segment_steps
+            if restored is not None
+            else (trainer.choose_segment() if stop is not None else None)
         )
-        state = trainer.device_state(host)
+        need = trainer.compile_ahead(first)
+        est = _estimate(trainer, need)
+        plan_info["need_bytes"] = None if est is None else est.measured_bytes
+        if est is None or est.measured_bytes <= budget or restored is not None:
+            if est is not None and est.measured_bytes > budget:  # a one-block checkpoint
+                raise memory.MemoryBudgetError(
+                    f"the checkpoint at {path} holds the whole grid as one block, which needs "
+                    f"{memory.describe_bytes(est.measured_bytes)} per device, more than the "
+                    f"budget of {memory.describe_bytes(budget)} ({source}); resume it on a "
+                    "larger device, or remove it to train in blocks"
+                )
+            fits = "fits" if est is not None else "memory unknown on this backend"
+            plan_info.update(blocks=1, configs_per_block=layout.size, reason=fits)
+            return _train_block(trainer, path, restored, start, hooks, plan_info, (0, 1))
+        per_block = _configs_per_block(trainer, est, budget, source)
+        reason = (
+            f"memory: the grid needs {memory.describe_bytes(est.measured_bytes)} per device, the "
+            f"budget is {memory.describe_bytes(budget)} ({source})"
+        )
+        plan_info["probe_s"] = trainer.trace_seconds + trainer.compile_seconds
+    plan_info.update(configs_per_block=per_block, reason=reason)
+    return _run_blocks(
+        model, dataset, layout, settings, hooks, start, path, plan_info, recorded, budget
+    )
+
+
+def _estimate(trainer: Trainer, need: int | None) -> memory.Estimate | None:
+    """The linear memory model of ``trainer``'s compiled programs (None if the backend does not
+    report memory)."""
+    if need is None:
+        return None
+    s, kp = trainer.layout.padded_shape
+    per_device = s * kp // len(trainer.devices)
+    state = memory.tree_bytes(trainer.state_template()) / (s * kp)
+    extra = memory.host_bytes_per_config(trainer.devices[0], state)
+    return memory.estimate(need, trainer.fixed_bytes(), per_device, extra)
+
+
+def _configs_per_block(trainer: Trainer, est: memory.Estimate, budget: int, source: str) -> int:
+    """Configs per block that fit ``budget`` by ``est``; MemoryBudgetError if a block of one
+    config of each loss (per device) does not."""
+    per_device = memory.configs_that_fit(est, budget)
+    n_loss, devices = len(trainer.layout.losses), len(trainer.devices)
+    if per_device < n_loss:
+        one = memory.describe_bytes(est.need(n_loss))
+        which = "one config" if n_loss == 1 else f"one config of each of the {n_loss} losses"
+        raise memory.MemoryBudgetError(
+            f"{which} needs {one} per device "
+            f"({memory.describe_bytes(est.fixed)} data, {memory.describe_bytes(est.per_config)} "
+            f"per config), the budget is {memory.describe_bytes(budget)} ({source}); reduce the "
+            "batch size or the model's width, or give more memory (--memory_budget)"
+        )
+    return per_device * devices
+
+
+def _run_blocks(
+    model: Model,
+    dataset: Dataset,
+    layout: Layout,
+    settings: TrainSettings,
+    hooks: _Hooks,
+    start: float,
+    path: pathlib.Path | None,
+    plan_info: dict[str, Any],
+    recorded: dict | None,
+    budget: int,
+) -> Run:
+    """The grid as blocks of at most ``plan_info["configs_per_block"]`` configs, one after the
+    other, through one compiled program (``recorded``: the cut of the run resumed); one document."""
+    per_block, reason, source = (plan_info[k] for k in ("configs_per_block", "reason", "budget"))
+    stop, on_plan, on_progress = hooks.stop, hooks.on_plan, hooks.on_progress
+    cache: dict[Any, Any] = {}
+    segment = None if recorded is None else recorded.get("segment_steps")
+    for _ in range(4):  # the estimate is checked on the block program itself, and shrunk if needed
+        blocks = layout.blocks(per_block)
+        first = Trainer(model, dataset, blocks[0], settings, compile_cache=cache)
+        if recorded is None:
+            segment = first.choose_segment() if stop is not None else None
+        first.segment_steps = segment
+        need = first.compile_ahead()
+        if recorded is not None or need is None or need <= budget:
+            break
+        est = _estimate(first, need)
+        fits = _configs_per_block(first, est, budget, source)
+        per_block = min(fits, max(len(layout.losses), per_block * budget // need))
+        cache.clear()
+    plan_info.update(blocks=len(blocks), configs_per_block=blocks[0].size, reason=reason)
+    if path is not None and jax.process_index() == 0:
+        _write_block_plan(path, {**plan_info, "segment_steps": segment}, per_block)
+    if on_plan is not None:
+        on_plan(
+            f"training {layout.size} configs in {len(blocks)} blocks of {blocks[0].size} "
+            f"({reason}), one compiled program"
+        )
+    runs = []
+    total = len(blocks) * settings.steps
+    for j, block in enumerate(blocks):
+        trainer = first if j == 0 else Trainer(model, dataset, block, settings, compile_cache=cache)
+        trainer.segment_steps = segment
+        block_path = None if path is None else path.with_name(f"{path.stem}.block{j}{path.suffix}")
+        restored = None
+        if block_path is not None and recorded is not None and block_path.exists():
+            restored = _restore(trainer, block_path, block, settings)
+        progress = None
+        if on_progress is not None:
+            progress = lambda step, _, record, s, j=j: on_progress(
+                j * settings.steps + step, total, record, time.perf_counter() - start
+            )
+        try:
+            own = dataclasses.replace(hooks, on_progress=progress, on_plan=None if j else on_plan)
+            run = _train_block(
+                trainer, block_path, restored, start, own, plan_info, (j, len(blocks))
+            )
+        except Preempted as e:
+            raise Preempted(e.reason, e.step, f" of block {j + 1}/{len(blocks)}") from None
+        if block_path is not None:  # on disk: read back at the end for the selected configs only
+            run = dataclasses.replace(run, params=None, model_state=None, selected=None)
+        runs.append(run)
+    plan = plan_lib.Plan(layout, tuple(plan_lib.Part(j, (), b) for j, b in enumerate(blocks)))
+    document = plan_lib.merge_documents(plan, [r.document for r in runs], hooks.select_on)
+    document["timing"].pop("architectures")
+    wall = time.perf_counter() - start
+    document["timing"].update(
+        _block_timing(plan_info),
+        wall_s=wall,
+        config_examples_per_s=layout.size * settings.steps * settings.batch_size / wall,
+    )
+    document["settings"] = runs[0].document["settings"]
+    document["timing"]["segment_steps"] = segment
+    chosen = _selected_of_blocks(plan, document, runs, model, dataset, path, settings)
+    return Run(document, None, layout, None, chosen, tuple(runs))
+
+
+def _block_timing(plan_info: Mapping[str, Any]) -> dict[str, Any]:
+    keys = ("blocks", "configs_per_block", "reason", "budget_bytes", "need_bytes", "probe_s")
+    out = {k: plan_info[k] for k in keys if k in plan_info}
+    out["block_reason"] = out.pop("reason")
+    out["memory_budget_bytes"] = out.pop("budget_bytes")
+    if "need_bytes" in out:
+        out["memory_need_bytes"] = out.pop("need_bytes")
+    return out
+
+
+def _selected_of_blocks(
+    plan: plan_lib.Plan,
+    document: Mapping[str, Any],
+    runs: list[Run],
+    model: Model,
+    dataset: Dataset,
+    path: pathlib.Path | None,
+    settings: TrainSettings,
+) -> dict[str, list[trained.Trained]]:
+    """The selected configs' trained variables, from the blocks that hold them (read back from
+    their checkpoints when they were not kept)."""
+    choices = document["selection"]["per_loss"]
+    names = plan.layout.axis_names
+    parts, entries = [], []
+    for part, run in zip(plan.parts, runs, strict=True):
+        holds = any(
+            r["loss"] == c["loss"] and all(r[n] == c[n] for n in names)
+            for r in run.document["configs"]
+            for c in choices
+        )
+        if not holds:
+            continue
+        params, state = run.params, run.model_state
+        if params is None:  # one block's state at a time
+            block_path = path.with_name(f"{path.stem}.block{part.index}{path.suffix}")
+            reader = Trainer(model, dataset, part.layout, settings)
+            restored = _restore(reader, block_path, part.layout, settings)
+            params, state = restored.state.params, restored.state.model_state
+        parts.append(part)
+        entries.append((run.document, params, state, model))
+    return plan_lib.selected(plan_lib.Plan(plan.layout, tuple(parts)), document, entries)
+
+
+def _restore(
+    trainer: Trainer, path: pathlib.Path | None, layout: Layout, settings: TrainSettings
+) -> checkpoint.Restored | None:
+    """The checked checkpoint at ``path`` for ``trainer``'s grid (None if there is none)."""
+    if path is None or not path.exists():
+        return None
+    return checkpoint.restore_run(path, trainer.portable_template(), layout, settings)
+
+
+def _read_block_plan(path: pathlib.Path | None) -> dict | None:
+    """The block cut recorded beside the checkpoint ``path`` (None if it trained as one block)."""
+    if path is None:
+        return None
+    plan_path = path.with_name(path.stem + BLOCK_PLAN)
+    if not plan_path.exists():
+        return None
+    try:
+        recorded = json.loads(plan_path.read_text())
+        int(recorded["configs_per_block"]), str(recorded["reason"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise checkpoint.CheckpointError(f"block plan {plan_path} is unreadable: {e}") from None
+    return recorded
+
+
+def _write_block_plan(path: pathlib.Path, plan_info: Mapping[str, Any], per_block: int) -> None:
+    record = {
+        "configs_per_block": per_block,
+        **{k: v for k, v in plan_info.items() if k != "block"},
+    }
+    results.atomic_write_json(path.with_name(path.stem + BLOCK_PLAN), record)
+
+
+def _timed(
+    stop: StopCheck | None,
+    trainer: Trainer,
+    num_blocks: int,
+    on_plan: Callable[[str], None] | None,
+) -> StopCheck | None:
+    """``stop``, which also tells ``on_plan`` once how long training the whole grid will take, as
+    measured on the first segment (the time between its first two calls: a segment's means are
+    read back before the next call)."""
+    d = trainer.segment_steps
+    if stop is None or on_plan is None or d is None:
+        return stop
+    calls: list[float] = []
+
+    def check() -> str | None:
+        calls.append(time.perf_counter())
+        if len(calls) == 2:
+            per_step = (calls[1] - calls[0]) / d
+            left = per_step * (trainer.settings.steps * num_blocks - d)
+            on_plan(
+                f"training: {1e3 * per_step:.3g} ms per step of {trainer.layout.size} configs "
+                f"(the first {d} steps), about {_duration(left)} more for the whole grid, "
+                "evaluations aside"
+            )
+        return stop()
+
+    return check
+
+
+def _duration(seconds: float) -> str:
+    """``"42 s"``, ``"12 min"``, ``"3.5 h"``."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def _train_block(
+    trainer: Trainer,
+    path: pathlib.Path | None,
+    restored: checkpoint.Restored | None,
+    start: float,
+    hooks: _Hooks,
+    plan_info: Mapping[str, Any],
+    block: tuple[int, int],
+) -> Run:
+    """Trains block ``block = (j, of)`` (or the whole grid, ``(0, 1)``) with ``trainer``, from
+    ``restored`` if given, checkpointing to ``path`` after every chunk and on a stop."""
+    layout, settings, model = trainer.layout.real(), trainer.settings, trainer.model
+    on_progress, on_resume, tensorboard_dir = (
+        hooks.on_progress,
+        hooks.on_resume,
+        hooks.tensorboard_dir,
+    )
+    state, history, pending = None, None, None
+    if restored is not None:  # checked against this grid; saved device-independent, padded here
+        state, history, pending = (
+            trainer.device_state(restored.state),
+            restored.history,
+            restored.pending,
+        )
         if on_resume is not None:
             on_resume(int(state.step))
 
@@ -187,8 +519,13 @@ def _run_one(
     if tensorboard_dir is not None and jax.process_index() == 0:
         from softcls_jax.tensorboard import GridLog
 
-        log = GridLog(tensorboard_dir, layout, extra_axes)
+        log = GridLog(tensorboard_dir, layout, hooks.extra_axes)
     logged = len(history or [])  # a resumed run logs only its new records
+
+    def save(state: Any, history: list[dict], partial: dict | None = None) -> None:
+        host = trainer.portable_state(state)  # a collective on several hosts: all join
+        if jax.process_index() == 0:
+            checkpoint.save(path, host, history, partial, trainer.segment_steps)
 
     def on_chunk(state: Any, history: list[dict]) -> None:
         nonlocal logged
@@ -196,19 +533,39 @@ def _run_one(
             for record in history[logged:]:
                 log.write(record)
             logged = len(history)
-        if checkpoint_path is not None:
-            host = trainer.portable_state(state)  # a collective on several hosts: all join
-            if jax.process_index() == 0:
-                checkpoint.save(checkpoint_path, host, history)
+        if path is not None:
+            save(state, history)
         if on_progress is not None:
             on_progress(
                 history[-1]["step"], settings.steps, history[-1], time.perf_counter() - start
             )
 
-    state, history = trainer.train(state=state, history=history, on_chunk=on_chunk)
-    jax.block_until_ready(state)
-    if log is not None:
-        log.close()
+    def on_stop(state: Any, history: list[dict], partial: dict | None) -> None:
+        if path is not None:
+            save(state, history, partial)
+
+    try:
+        state, history = trainer.train(
+            state=state,
+            history=history,
+            on_chunk=on_chunk,
+            stop=_timed(hooks.stop, trainer, block[1], hooks.on_plan),
+            on_stop=on_stop,
+            pending=pending,
+        )
+        jax.block_until_ready(state)
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        raise memory.MemoryBudgetError(
+            f"the device ran out of memory training {layout.size} configs "
+            f"({plan_info.get('budget')}: {memory.describe_bytes(plan_info['budget_bytes'])}); "
+            "the last checkpoint stays; rerun with a smaller --memory_budget or "
+            "--max_configs_per_block, or reduce the batch size or the model's width"
+        ) from None
+    finally:
+        if log is not None:
+            log.close()
     wall = time.perf_counter() - start
     timing = {
         "wall_s": wall,
@@ -217,12 +574,17 @@ def _run_one(
         "eval_s": trainer.eval_seconds,
         "compiled_chunks": trainer.compiled_chunks,
         "config_examples_per_s": layout.size * settings.steps * settings.batch_size / wall,
+        "segment_steps": trainer.segment_steps,
     }
+    if block[1] == 1:
+        timing.update(_block_timing(plan_info))
     described = (
-        dict(described) if described is not None else describe(model, dataset, layout, settings)
+        dict(hooks.described)
+        if hooks.described is not None
+        else describe(model, trainer.dataset, layout, settings)
     )
     document = results.build(
-        described, trainer.layout, history, trainer.diverged_steps(state), timing, select_on
+        described, trainer.layout, history, trainer.diverged_steps(state), timing, hooks.select_on
     )
     params, model_state = trainer.real_variables(state)
     chosen = trained.selected(document, params, model_state, model)
@@ -281,6 +643,8 @@ def run_grid(
     workdir: str | os.PathLike | None = None,
     on_progress: Progress | None = None,
     keep_all: bool = False,
+    memory_budget: float | None = None,
+    max_configs_per_block: int | None = None,
 ) -> GridResult:
     """Trains the grid ``losses × learning_rates × axes × seeds`` as one compiled program.
 
@@ -313,6 +677,12 @@ def run_grid(
         (``workdir/trained``, read back by :func:`softcls_jax.trained.load`).
       on_progress: called after every chunk with ``(step, steps, record, seconds)``.
       keep_all: also give back every config's variables (``.params``, ``.model_state``).
+      memory_budget, max_configs_per_block: GB a device may use (default: measured) and a cap on
+        the configs trained at once; a grid over either trains in memory blocks (:func:`run`).
+
+    SIGTERM or SIGINT stops training at the next step boundary and raises
+    :class:`~softcls_jax.preemption.Preempted` (a ``KeyboardInterrupt``); to resume after one,
+    train through :func:`softcls_jax.sweep.run_sweep`, which checkpoints into its workdir.
 
     Returns:
       A :class:`GridResult`: the results.json document (``settings``, ``axes``, ``environment``,
@@ -336,15 +706,19 @@ def run_grid(
     if workdir is not None:
         workdir = writable_dir(workdir)
     board = None if workdir is None else pathlib.Path(workdir) / TENSORBOARD
-    done = run(
-        model,
-        dataset,
-        layout,
-        settings,
-        on_progress=on_progress,
-        tensorboard_dir=board,
-        select_on=select_on,
-    )
+    with stop_on_signals() as stop:
+        done = run(
+            model,
+            dataset,
+            layout,
+            settings,
+            on_progress=on_progress,
+            tensorboard_dir=board,
+            select_on=select_on,
+            memory_budget=memory_budget,
+            max_configs_per_block=max_configs_per_block,
+            stop=stop,
+        )
     result = GridResult(done.document)
     result.selected = done.selected
     if keep_all:  # with architecture axes: one tree per architecture, in the plan's order

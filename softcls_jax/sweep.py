@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from softcls_jax import checkpoint, data, models, plan, runner, trained
+from softcls_jax import checkpoint, data, memory, models, plan, runner, trained
 from softcls_jax.augment import AUGMENTATIONS
 from softcls_jax.engine import AXES, Layout, TrainSettings, axis_rule, check_compatible
 from softcls_jax.engine.layout import ARCH_AXES
@@ -33,6 +33,7 @@ from softcls_jax.engine.settings import DECAY_MASKS
 from softcls_jax.files import DirLock, LockedError, remove_temporaries, writable_dir
 from softcls_jax.losses import LOSSES
 from softcls_jax.optim import OPTIMIZERS, SCHEDULES, make_optimizer
+from softcls_jax.preemption import stop_on_signals
 
 
 class SettingError(ValueError):
@@ -365,7 +366,9 @@ SPEC_FILE = "spec.json"
 # settings a spec.json written before them lacks; their defaults keep the numerics of then
 ADDED_SETTINGS = ("depth", "width", "augment", "weight_decay_mask")
 OWNED_FILES = ("results.json", "results.csv", "summary.md", checkpoint.FILENAME, SPEC_FILE)
-CHECKPOINTS = "checkpoint*.msgpack"  # checkpoint.FILENAME, or checkpoint.archI.msgpack per part
+# checkpoint.FILENAME, or checkpoint.archI.msgpack per architecture, NAME.blockJ.msgpack per block
+CHECKPOINTS = "checkpoint*.msgpack"
+BLOCK_PLANS = "checkpoint*" + runner.BLOCK_PLAN  # how a grid was cut into blocks, beside them
 VERSIONED = ("jax", "jaxlib", "flax", "optax", "numpy")  # packages whose versions change numerics
 
 
@@ -425,8 +428,9 @@ def prepare_workdir(
             (workdir / name).unlink(missing_ok=True)
         shutil.rmtree(workdir / runner.TENSORBOARD, ignore_errors=True)
         shutil.rmtree(workdir / trained.DIRECTORY, ignore_errors=True)
-        for path in workdir.glob(CHECKPOINTS):  # one per architecture of a plan
-            path.unlink(missing_ok=True)
+        for pattern in (CHECKPOINTS, BLOCK_PLANS):  # per architecture and block of a plan
+            for path in workdir.glob(pattern):
+                path.unlink(missing_ok=True)
     elif spec_path.exists():
         try:
             previous = json.loads(spec_path.read_text())
@@ -528,6 +532,9 @@ def run_sweep(
     overwrite: bool = False,
     on_resume: Callable[[int], None] | None = None,
     tensorboard: bool = True,
+    memory_budget: float | None = None,
+    max_configs_per_block: int | None = None,
+    on_plan: Callable[[str], None] | None = None,
 ) -> dict:
     """Trains the sweep and writes ``results.json``, ``results.csv``, ``summary.md`` and plots.
 
@@ -538,9 +545,17 @@ def run_sweep(
     settings and the :func:`fingerprint` of data and versions that a rerun must match. With
     ``tensorboard``, every chunk's metrics also go to event files in ``workdir/tensorboard``.
 
+    A grid larger than the device's memory (or ``memory_budget`` GB, or ``max_configs_per_block``)
+    trains in blocks (:func:`softcls_jax.runner.run`; ``on_plan`` hears the plan). SIGTERM or
+    SIGINT stops it at the next step boundary, checkpointed: then
+    :class:`~softcls_jax.preemption.Preempted` (a ``KeyboardInterrupt``) is raised, and the same
+    call resumes it. A second signal exits at once.
+
     Raises:
       SettingError: a bad setting or input, a workdir in use or of another sweep, a corrupted
-        checkpoint, or a failed write into ``workdir`` (out of space, …), naming the setting.
+        checkpoint, a grid of which one block does not fit the memory budget, or a failed write
+        into ``workdir`` (out of space, …), naming the setting.
+      Preempted: stopped by a signal, after writing the checkpoint.
 
     Returns:
       The ``results.json`` document.
@@ -548,11 +563,19 @@ def run_sweep(
     spec.validate()
     if not str(workdir).strip():
         raise SettingError("workdir", "must not be empty")
+    if memory_budget is not None and not memory_budget > 0:
+        raise SettingError("memory_budget", f"must be a number of GB > 0, got {memory_budget!r}")
+    if max_configs_per_block is not None and not (
+        _is_int(max_configs_per_block) and max_configs_per_block >= 1
+    ):
+        raise SettingError(
+            "max_configs_per_block", f"must be an integer >= 1, got {max_configs_per_block!r}"
+        )
     dataset = load_dataset(spec)
     model = model_or_factory(spec, dataset)
     prints = fingerprint(spec, dataset)
     workdir = pathlib.Path(workdir)
-    with claim_workdir(spec, workdir, overwrite, prints) as resumable:
+    with claim_workdir(spec, workdir, overwrite, prints) as resumable, stop_on_signals() as stop:
         try:
             result = runner.run(
                 model,
@@ -566,12 +589,18 @@ def run_sweep(
                 on_resume=on_resume,
                 tensorboard_dir=workdir / runner.TENSORBOARD if tensorboard else None,
                 select_on=spec.select_on,
+                memory_budget=memory_budget,
+                max_configs_per_block=max_configs_per_block,
+                stop=stop,
+                on_plan=on_plan,
             )
             if jax.process_index() == 0:  # on several hosts, only process 0 writes results
                 runner.write_outputs(result.document, workdir)
                 trained.save(workdir, result.selected)
         except checkpoint.CheckpointError as e:
             raise SettingError("workdir", f"{e}; remove it or use --overwrite") from None
+        except memory.MemoryBudgetError as e:
+            raise SettingError("memory_budget", str(e)) from None
         except OSError as e:  # out of space, a read-only disk: the last good checkpoint stays
             where = f" ({e.filename})" if e.filename else ""
             raise SettingError(
