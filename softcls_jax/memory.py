@@ -26,7 +26,6 @@ import os
 from typing import Any
 
 import jax
-import numpy as np
 
 GB = 1e9
 CPU_RAM_FRACTION = 0.5  # of the available host RAM: the kernel's OOM killer cannot be caught
@@ -60,7 +59,7 @@ def program_bytes(compiled: Any) -> int | None:
 def tree_bytes(tree: Any) -> int:
     """Bytes of every array leaf of ``tree`` (arrays or ``ShapeDtypeStruct``)."""
     return sum(
-        math.prod(x.shape) * np.dtype(x.dtype).itemsize
+        math.prod(x.shape) * x.dtype.itemsize  # a key dtype's itemsize is its key data's
         for x in jax.tree.leaves(tree)
         if hasattr(x, "shape") and hasattr(x, "dtype")
     )

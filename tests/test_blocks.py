@@ -34,6 +34,12 @@ def test_blocks_cover_the_grid_once_with_one_shape(per_block):
         assert all(len(b.seeds) == 1 for b in blocks)
 
 
+def test_tree_bytes_counts_typed_keys_by_their_key_data():
+    keys = jax.random.split(jax.random.key(0), 6)  # dtype key<fry>: numpy cannot interpret it
+    tree = {"keys": keys, "w": jax.ShapeDtypeStruct((3, 5), np.float32), "name": "not an array"}
+    assert memory.tree_bytes(tree) == jax.random.key_data(keys).nbytes + 3 * 5 * 4
+
+
 def test_blocks_split_seeds_evenly_and_refuse_too_small_a_block():
     layout = Layout(("ce", "mse", "square"), (0.1, 1.0), (0, 1, 2, 3))
     assert [b.seeds for b in layout.blocks(12)] == [(0, 1), (2, 3)]
