@@ -57,6 +57,7 @@ from softcls_jax import data, losses
 from softcls_jax.optim import make_optimizer
 from softcls_jax.results import atomic_write_json, environment
 
+from . import bench_scale
 from . import torch_contenders as tc
 from .cli import FlagError, fail, make_workdir, parse_flags
 from .workload import (
@@ -72,6 +73,7 @@ from .workload import (
 )
 
 FLAGS = flags.FLAGS
+SCALE_WORKLOADS = ("blocks", "checkpoint")  # experiments.bench_scale
 flags.DEFINE_bool(
     "quick", False, "Under a minute: 200 steps, one round, G up to 64, fewer kernel repeats."
 )
@@ -82,9 +84,11 @@ flags.DEFINE_integer(
 flags.DEFINE_enum(
     "workload",
     "mlp",
-    WORKLOADS,
-    "mlp: the reference workload; cnn1d (mnist1d) or "
-    "cnn2d (mnist5k): Adam, batch 100, sweep vs naive JAX vs the PyTorch loop per G.",
+    (*WORKLOADS, *SCALE_WORKLOADS),
+    "mlp: the reference workload; cnn1d (mnist1d), cnn2d, user_cnn, resnet (mnist5k): Adam, "
+    "sweep vs naive JAX vs the PyTorch loop and torch.func per G; blocks: one grid in one memory "
+    "block vs blocks of 32, 16, 8 configs; checkpoint: the time checkpoints hold the loop, none "
+    "vs orbax sync vs async.",
 )
 flags.DEFINE_string("configs", "8,32,128", "CNN workloads: the numbers of configs G to measure.")
 flags.DEFINE_integer(
@@ -680,11 +684,29 @@ def compilation_cache(steps: int) -> dict:
     return out
 
 
+def main_scale(name: str, quick: bool) -> None:
+    """``--workload=blocks`` or ``checkpoint`` (:mod:`experiments.bench_scale`): a table, and
+    ``bench.json`` in ``--workdir``."""
+    try:
+        workdir = make_workdir(FLAGS.workdir)
+    except FlagError as e:
+        fail(str(e))
+    rounds = 1 if quick else max(FLAGS.rounds, 3)
+    if name == "blocks":
+        rows = bench_scale.blocks(FLAGS.steps or (200 if quick else 1000), rounds)
+    else:
+        rows = bench_scale.checkpoints(FLAGS.steps or (100 if quick else 400), rounds)
+    atomic_write_json(workdir / "bench.json", {name: rows, "environment": environment()})
+
+
 def main(argv: Sequence[str]) -> None:
     del argv
     # Every contender compiles from scratch: JAX's persistent cache (on by default for the
     # commands) would serve the later rounds. compilation_cache() measures what it saves.
     jax.config.update("jax_compilation_cache_dir", None)
+    if FLAGS.workload in SCALE_WORKLOADS:
+        main_scale(FLAGS.workload, FLAGS.quick)
+        return
     if FLAGS.workload != "mlp":
         main_cnn(FLAGS.workload, FLAGS.quick)
         return

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import pathlib
 import sys
 
@@ -70,6 +71,13 @@ def quiet_logs() -> None:
         return
     absl_logging.set_verbosity(absl_logging.WARNING)  # the root logger, under app.run's handler
     logging.getLogger("jax").setLevel(logging.WARNING)  # also where absl's handler is not installed
+    logging.getLogger("absl").addFilter(_not_orbax)
+
+
+def _not_orbax(record: logging.LogRecord) -> bool:
+    """orbax-checkpoint logs through absl, errors with their tracebacks from its writer threads
+    too; the sweep reports a failed checkpoint in one line of its own."""
+    return f"{os.sep}orbax{os.sep}" not in record.pathname
 
 
 def number(flag: str, text: str, kind: type = float, minimum: float | None = None) -> float | int:

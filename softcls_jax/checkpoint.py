@@ -1,41 +1,62 @@
-"""Crash-safe, self-checking sweep checkpoints: the whole training state and metrics so far, one file.
+"""Sharded, asynchronous, self-checking sweep checkpoints, written by orbax-checkpoint.
 
-A checkpoint holds the grid state (parameters, optimizer states, every config's hyperparameters,
-divergence steps, step count) and the metric history; one written on a signal in the middle of a
-chunk (:mod:`softcls_jax.preemption`) also holds that chunk's running sums (``pending``) and the
-steps per compiled segment, which a resumed run keeps. Random streams need no saving: the engine
-derives every key from ``(seed, step)``, so a restored state continues exactly where it stopped.
+A checkpoint is a directory (``WORKDIR/checkpoint``; ``checkpoint.blockJ`` per memory block,
+``checkpoint.archI`` per architecture) managed by orbax's ``CheckpointManager``: one subdirectory
+per saved step, the last one kept. Each step holds three items:
 
-Format: a header line ``softcls-jax checkpoint 2``, the sha256 of the payload in hex and a newline,
-then the payload (flax's msgpack serialization). It is written with
-:func:`softcls_jax.files.atomic_write`: a ``kill -9`` at any moment leaves the previous checkpoint or
-the new one. The runner saves the state of the *real* configs only (padding dropped,
-:meth:`softcls_jax.engine.Trainer.portable_state`), so a checkpoint does not depend on the number of
-devices it was written on.
+* ``state``: the grid state as it lies on the devices (parameters, optimizer states, every config's
+  hyperparameters, divergence steps, a stateful model's variables, the step), padded for this
+  run's devices. Every process writes only the shards it holds and reads only the ones it needs.
+* ``history``: the metric records so far, the positions of the real configs among the padded ones,
+  and, for a checkpoint written on a signal in the middle of a chunk
+  (:mod:`softcls_jax.preemption`), that chunk's running sums (numpy, written by process 0).
+* ``meta``: the format, the step, the steps per compiled segment, and per state leaf its path,
+  shape, dtype and :mod:`digest <softcls_jax.digest>`, with the sha256 of the history.
 
-On load the checkpoint is trusted only after checks: the checksum (flipped bytes), shapes and dtypes
-against a template, and, given the layout and settings, the step against its history, the history's
-steps against ``eval_every`` chunking, and every config's hyperparameters against the spec's.
+Saving is asynchronous: :meth:`Checkpointer.save` returns once orbax has copied the state off the
+devices, so the next chunk can take (donate) their buffers while the files are written in the
+background; the next save, a stop and the end of a run wait for it. orbax writes a step into a
+temporary directory and renames it when every process has finished (the commit), so a ``kill -9`` at
+any moment leaves the previous checkpoint or the new one; a temporary a crash left is removed when
+the directory is next opened. Random streams need no saving: the engine derives every key from
+``(seed, step)``, so a restored state continues exactly where it stopped.
+
+Checks on restore (a :class:`CheckpointError` naming what is wrong, never a resumed wrong state):
+unreadable or truncated files; the format; the history's sha256; every state leaf's path, shape and
+dtype against this grid; every leaf's digest (orbax checks shard indices, not array data: a flipped
+byte reads back as wrong numbers otherwise); the step against the history, the history against
+``eval_every``, and every config's hyperparameters against the spec's.
+
+A checkpoint does not depend on the number of devices: written on 4 devices, it resumes on 1 (its
+arrays are then read whole, cut to the real configs and padded again for this run's devices).
+Several hosts must all see the checkpoint directory (a shared file system or a bucket path that
+orbax's ``epath`` reads): each writes its own shards there. The earlier format, one msgpack file
+``checkpoint.msgpack``, is not read: :func:`legacy_files` finds it, and the sweep says so.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import pathlib
-from typing import Any, NamedTuple
+import re
+import time
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import numpy as np
-from flax import serialization
+import orbax.checkpoint as ocp
 
+from softcls_jax import digest
 from softcls_jax.engine import METRICS, GridState, Layout, TrainSettings
-from softcls_jax.files import atomic_write
 
-FILENAME = "checkpoint.msgpack"
-MAGIC = b"softcls-jax checkpoint 2\n"
+if TYPE_CHECKING:
+    from softcls_jax.engine import Trainer
 
-
+DIRECTORY = "checkpoint"  # in a workdir
+FORMAT = "softcls-jax checkpoint 3"
+LEGACY = "checkpoint*.msgpack"  # the earlier format: one msgpack file per checkpoint
 PENDING = ("train_loss", "grad_norm")  # the running sums of an unfinished chunk
 
 
@@ -44,8 +65,9 @@ class CheckpointError(ValueError):
 
 
 class Restored(NamedTuple):
-    """A checked checkpoint: the state (numpy), the history, and for one written mid-chunk the
-    chunk's running sums (``{"from_step", "train_loss", "grad_norm"}``) and its segment steps."""
+    """A checked checkpoint: the state (on this run's devices, padded for them), the history, and
+    for one written mid-chunk the chunk's running sums (``{"from_step", "train_loss",
+    "grad_norm"}``) and its segment steps."""
 
     state: GridState
     history: list[dict]
@@ -53,140 +75,354 @@ class Restored(NamedTuple):
     segment_steps: int | None = None
 
 
-def save(
-    path: str | os.PathLike,
+def sibling(path: str | os.PathLike, tag: str) -> pathlib.Path:
+    """The checkpoint beside ``path`` for a part of its run: ``NAME.TAG`` (``checkpoint.block2``)."""
+    path = pathlib.Path(path)
+    return path.with_name(f"{path.name}.{tag}")
+
+
+def committed(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds a committed checkpoint (a temporary a crash left does not count)."""
+    path = pathlib.Path(path)
+    return path.is_dir() and bool(ocp.utils.checkpoint_steps(path))
+
+
+def legacy_files(directory: str | os.PathLike) -> list[pathlib.Path]:
+    """Checkpoints of the earlier one-file format in ``directory``."""
+    return sorted(pathlib.Path(directory).glob(LEGACY))
+
+
+class Checkpointer:
+    """Saves and restores the checkpoints of one trainer's grid in ``directory``.
+
+    Example (``trainer`` an :class:`~softcls_jax.engine.Trainer`)::
+
+        with Checkpointer(workdir / "checkpoint", trainer) as ckpt:
+            restored = ckpt.restore(layout, settings)  # None if there is none
+            ...
+            ckpt.save(state, history)  # returns before the files are written
+
+    Args:
+      directory: the checkpoint's directory (created on the first save).
+      trainer: the grid's trainer: its layout, placement and compiled digest program.
+      asynchronous: write in the background (default); False waits for every save (a benchmark's
+        baseline).
+
+    Attributes:
+      blocked_seconds: time :meth:`save`, :meth:`restore` and :meth:`close` held the caller: what
+        checkpointing cost the training loop.
+    """
+
+    def __init__(self, directory: str | os.PathLike, trainer: Trainer, asynchronous: bool = True):
+        self.directory = pathlib.Path(directory)
+        self.trainer = trainer
+        self.asynchronous = asynchronous
+        self.blocked_seconds = 0.0
+        self._manager: ocp.CheckpointManager | None = None
+        self._step: int | None = None  # the step saved or restored last: saving it again is a no-op
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _open(self) -> ocp.CheckpointManager:
+        if self._manager is None:
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=1,
+                cleanup_tmp_directories=True,
+                enable_async_checkpointing=self.asynchronous,
+            )
+            self._manager = ocp.CheckpointManager(self.directory.absolute(), options=options)
+        return self._manager
+
+    # ---------------------------------------------------------------- saving
+
+    def save(
+        self,
+        state: GridState,
+        history: list[dict],
+        pending: dict | None = None,
+        segment_steps: int | None = None,
+    ) -> None:
+        """Saves ``state`` (padded, on the devices) and ``history``; with ``pending``, the running
+        sums of the chunk ``state`` is in the middle of. Every process must call it. Returns once
+        the state is off the devices (``state`` may then be donated); a failed write of the
+        previous save is raised here or by :meth:`wait`."""
+        start = time.perf_counter()
+        step = int(np.asarray(state.step))  # waits for the chunk that computes it
+        if step == self._step:  # the same state is already saved (or was just restored)
+            return
+        digests = self.trainer.digests(state)
+        args = _items(state, digests, history, self.trainer.layout, pending, segment_steps)
+        try:
+            self._open().save(step, args=args)  # also raises what the previous save's writing did
+        except Exception as e:
+            raise self._write_error(e) from None
+        self._step = step
+        self.blocked_seconds += time.perf_counter() - start
+
+    def wait(self) -> None:
+        """Waits for a save in flight to be committed (raises what its writing raised)."""
+        if self._manager is not None:
+            start = time.perf_counter()
+            try:
+                self._manager.wait_until_finished()
+            except Exception as e:
+                raise self._write_error(e) from None
+            finally:
+                self.blocked_seconds += time.perf_counter() - start
+
+    def _write_error(self, e: Exception) -> OSError:
+        """orbax's error of a failed write as an ``OSError`` (its errno where orbax names one,
+        e.g. ENOSPC), naming the checkpoint; the last committed checkpoint is still there."""
+        if isinstance(e, OSError):
+            return e
+        code = re.search(r"os_error_code='(\d+)'", str(e))
+        number = int(code.group(1)) if code else errno.EIO
+        return OSError(
+            number, f"{os.strerror(number)} (writing the checkpoint)", str(self.directory)
+        )
+
+    def close(self) -> None:
+        """Waits for a save in flight, then releases orbax's threads."""
+        if self._manager is not None:
+            try:
+                self.wait()
+            finally:
+                self._manager.close()
+                self._manager = None
+
+    # ---------------------------------------------------------------- restoring
+
+    def restore(
+        self, layout: Layout | None = None, settings: TrainSettings | None = None
+    ) -> Restored | None:
+        """The checked checkpoint (None if the directory holds none).
+
+        Args:
+          layout: if given, the grid as specified (not arranged for devices): every config's
+            hyperparameters must equal its :meth:`~softcls_jax.engine.Layout.hparams`, and the
+            history's metrics must have its ``(S, K)`` shape.
+          settings: if given, the step and the history must follow its ``steps`` and
+            ``eval_every``.
+
+        Raises:
+          CheckpointError: naming what is wrong: unreadable, corrupted, or not of this grid.
+        """
+        if not committed(self.directory):
+            return None
+        start = time.perf_counter()
+        # a manager of its own: orbax binds an item to the handler it first restored it with
+        reader = ocp.CheckpointManager(
+            self.directory.absolute(),
+            options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+        )
+        try:
+            restored = self._restore(reader, layout, settings)
+        finally:
+            reader.close()
+        self._step = int(np.asarray(restored.state.step))
+        self.blocked_seconds += time.perf_counter() - start
+        return restored
+
+    def _restore(
+        self, manager: ocp.CheckpointManager, layout: Layout | None, settings: TrainSettings | None
+    ) -> Restored:
+        where = self.directory
+        step = manager.latest_step()
+        try:
+            items = manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    meta=ocp.args.JsonRestore(), history=ocp.args.StandardRestore()
+                ),
+            )
+            meta, records = dict(items.meta), dict(items.history)
+        except Exception as e:  # any unreadable file reads as "cannot use this checkpoint"
+            raise CheckpointError(f"checkpoint {where} is unreadable: {_first_line(e)}") from None
+        if meta.get("format") != FORMAT:
+            raise CheckpointError(
+                f"checkpoint {where} is unreadable: not a softcls-jax checkpoint of this version"
+            )
+        if _sha256(records) != meta.get("history_sha256"):
+            raise CheckpointError(
+                f"checkpoint {where} is corrupted: its history does not match its sha256"
+            )
+        trainer = self.trainer
+        saved_real = np.asarray(records.pop("real_k"))
+        same = list(meta["padded_shape"]) == list(trainer.layout.padded_shape) and np.array_equal(
+            saved_real, trainer.layout.real_k
+        )
+        template = trainer.abstract_state()
+        _check_leaves(where, meta["leaves"], template, len(saved_real), len(trainer.layout.real_k))
+        if same:  # each process reads its own shards, placed as this run places them
+            target, to_numpy = template, False
+        else:  # written on other devices: read whole, cut to the real configs, padded again
+            shapes = [leaf["shape"] for leaf in meta["leaves"]]
+            target = jax.tree.unflatten(
+                jax.tree.structure(template),
+                [
+                    jax.ShapeDtypeStruct(tuple(s), x.dtype)
+                    for s, x in zip(shapes, jax.tree.leaves(template), strict=True)
+                ],
+            )
+            to_numpy = True
+        state = self._restore_state(manager, step, target, to_numpy)
+        digests = (
+            digest.hex_digests(jax.jit(digest.tree_digests)(state))
+            if to_numpy
+            else trainer.digests(state)
+        )
+        for leaf, d in zip(meta["leaves"], digests, strict=True):
+            if d != leaf["digest"]:
+                raise CheckpointError(
+                    f"checkpoint {where} is corrupted: state{leaf['path']} does not match its "
+                    "digest"
+                )
+        if to_numpy:
+            cut = lambda a: np.asarray(a)[:, saved_real] if np.ndim(a) >= 2 else np.asarray(a)
+            state = trainer.device_state(jax.tree.map(cut, state))
+        history = _history(where, records)
+        pending = None
+        if meta.get("pending_from_step") is not None:
+            pending = {
+                "from_step": int(meta["pending_from_step"]),
+                **{m: np.asarray(records[f"pending_{m}"], np.float64) for m in PENDING},
+            }
+        segment = meta.get("segment_steps")
+        segment = None if segment is None else int(segment)
+        small = trainer.host_state((state.hparams, state.diverged_at))
+        real = trainer.layout.real_k
+        summary = GridState(
+            None,
+            None,
+            {n: np.asarray(v)[:, real] for n, v in small[0].items()},
+            np.asarray(small[1])[:, real],
+            np.asarray(int(np.asarray(state.step))),
+        )
+        _check(where, summary, history, layout, settings, pending, segment)
+        return Restored(state, history, pending, segment)
+
+    def _restore_state(
+        self, manager: ocp.CheckpointManager, step: int, target: Any, to_numpy: bool
+    ) -> Any:
+        where = self.directory
+        if to_numpy:
+            restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+            args = ocp.args.PyTreeRestore(target, restore_args=restore_args)
+        else:
+            args = ocp.args.StandardRestore(target)
+        try:
+            return manager.restore(step, args=ocp.args.Composite(state=args)).state
+        except Exception as e:
+            raise CheckpointError(f"checkpoint {where} is unreadable: {_first_line(e)}") from None
+
+
+def write(
+    directory: str | os.PathLike,
     state: GridState,
     history: list[dict],
+    layout: Layout,
     pending: dict | None = None,
     segment_steps: int | None = None,
 ) -> None:
-    """Writes ``state`` and ``history`` atomically to ``path``, with the payload's sha256; with
-    ``pending``, the running sums of the chunk ``state`` is in the middle of."""
-    leaves = jax.device_get(jax.tree.leaves(state))
-    content = {
-        "leaves": {str(i): np.asarray(leaf) for i, leaf in enumerate(leaves)},
-        "history": {
-            "step": np.asarray([h["step"] for h in history], np.int64),
-            **{m: np.stack([np.asarray(h[m]) for h in history]) for m in METRICS},
-        },
+    """Writes a checkpoint of ``state`` (any arrays, e.g. numpy; padded as ``layout``, the layout
+    as arranged by a trainer) synchronously, from one process: for tests and tools that write
+    checkpoints by hand (the battery's corrupted ones). Training saves with :class:`Checkpointer`."""
+    digests = digest.hex_digests(jax.jit(digest.tree_digests)(state))
+    args = _items(state, digests, history, layout, pending, segment_steps)
+    options = ocp.CheckpointManagerOptions(enable_async_checkpointing=False)
+    with ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options) as manager:
+        manager.save(int(np.asarray(state.step)), args=args)
+
+
+def _items(
+    state: GridState,
+    digests: list[str],
+    history: list[dict],
+    layout: Layout,
+    pending: dict | None,
+    segment_steps: int | None,
+) -> ocp.args.Composite:
+    """The three items of a checkpoint (module docstring)."""
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(state)]
+    leaves = [
+        {"path": name, "shape": list(x.shape), "dtype": str(np.dtype(x.dtype)), "digest": d}
+        for name, x, d in zip(paths, jax.tree.leaves(state), digests, strict=True)
+    ]
+    records = _history_arrays(history, layout.real_k, pending)
+    meta = {
+        "format": FORMAT,
+        "step": int(np.asarray(state.step)),
+        "padded_shape": list(layout.padded_shape),
+        "segment_steps": segment_steps,
+        "pending_from_step": None if pending is None else int(pending["from_step"]),
+        "leaves": leaves,
+        "history_sha256": _sha256(records),
     }
-    if segment_steps is not None:
-        content["segment_steps"] = np.int64(segment_steps)
+    return ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        history=ocp.args.StandardSave(records),
+        meta=ocp.args.JsonSave(meta),
+    )
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"[:400]
+
+
+def _history_arrays(history: list[dict], real_k: Any, pending: dict | None) -> dict[str, Any]:
+    """The history (and running sums) as the numpy arrays of the ``history`` item."""
+    out = {
+        "step": np.asarray([h["step"] for h in history], np.int64),
+        "real_k": np.asarray(real_k, np.int64),
+        **{m: np.stack([np.asarray(h[m]) for h in history]) for m in METRICS},
+    }
     if pending is not None:
-        content["pending"] = {
-            "from_step": np.int64(pending["from_step"]),
-            **{m: np.asarray(pending[m], np.float64) for m in PENDING},
-        }
-    write_payload(path, serialization.msgpack_serialize(content))
+        out.update({f"pending_{m}": np.asarray(pending[m], np.float64) for m in PENDING})
+    return out
 
 
-def write_payload(path: str | os.PathLike, payload: bytes) -> None:
-    """Writes an already serialized payload with its header and checksum (tests and tools)."""
-    digest = hashlib.sha256(payload).hexdigest().encode()
-    atomic_write(path, MAGIC + digest + b"\n" + payload)
+def _sha256(records: dict[str, Any]) -> str:
+    """sha256 of the history arrays: each name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(records):
+        a = np.ascontiguousarray(records[name])
+        h.update(f"{name} {a.dtype.str} {a.shape}\n".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
-def read_payload(path: str | os.PathLike) -> dict:
-    """The checked, deserialized payload of a checkpoint.
-
-    Raises:
-      CheckpointError: unreadable, not a checkpoint of this format, or its checksum does not match.
-    """
-    try:
-        raw = pathlib.Path(path).read_bytes()
-    except OSError as e:
-        raise CheckpointError(f"checkpoint {path} is unreadable: {e.strerror or e}") from None
-    if not raw.startswith(MAGIC) or raw[len(MAGIC) + 64 : len(MAGIC) + 65] != b"\n":
+def _check_leaves(where: Any, saved: list[dict], template: Any, k_saved: int, k: int) -> None:
+    """The saved state's leaves against this grid's, compared as real configs (``K`` on axis 1),
+    so the message does not depend on the devices either was padded for."""
+    expected = jax.tree_util.tree_leaves_with_path(template)
+    if len(saved) != len(expected):
         raise CheckpointError(
-            f"checkpoint {path} is unreadable: not a softcls-jax checkpoint of this version"
-        )
-    digest, payload = raw[len(MAGIC) : len(MAGIC) + 64], raw[len(MAGIC) + 65 :]
-    if hashlib.sha256(payload).hexdigest().encode() != digest:
-        raise CheckpointError(
-            f"checkpoint {path} is corrupted: its sha256 does not match its contents"
-        )
-    try:
-        out = serialization.msgpack_restore(payload)
-        if not isinstance(out, dict) or not {"leaves", "history"} <= set(out):
-            raise ValueError("no leaves or history")
-        return out
-    except Exception as e:  # any corruption reads as "cannot use this checkpoint"
-        raise CheckpointError(f"checkpoint {path} is unreadable: {e}") from None
-
-
-def restore(
-    path: str | os.PathLike,
-    template: Any,
-    layout: Layout | None = None,
-    settings: TrainSettings | None = None,
-) -> tuple[GridState, list[dict]]:
-    """Reads and checks a checkpoint written by :func:`save`; the state comes back as numpy arrays.
-
-    Args:
-      path: the checkpoint file.
-      template: a ``GridState`` (or its ``jax.eval_shape``) of the same grid, giving the tree
-        structure, shapes and dtypes.
-      layout: if given, the grid as specified (not arranged for devices): the state's per-config
-        hyperparameters must equal its :meth:`~softcls_jax.engine.Layout.hparams` for the real
-        configs, and the history's metrics must have its ``(S, K)`` shape.
-      settings: if given, the step and the history must follow its ``steps`` and ``eval_every``.
-
-    Raises:
-      CheckpointError: naming what is wrong: unreadable or corrupted, or not of this grid.
-    """
-    restored = restore_run(path, template, layout, settings)
-    return restored.state, restored.history
-
-
-def restore_run(
-    path: str | os.PathLike,
-    template: Any,
-    layout: Layout | None = None,
-    settings: TrainSettings | None = None,
-) -> Restored:
-    """:func:`restore`, with a mid-chunk checkpoint's running sums and segment steps."""
-    payload = read_payload(path)
-    try:
-        leaves = [np.asarray(payload["leaves"][str(i)]) for i in range(len(payload["leaves"]))]
-        arrays = payload["history"]
-        steps = np.asarray(arrays["step"])
-        metrics = {m: np.asarray(arrays[m]) for m in METRICS}
-    except Exception as e:
-        raise CheckpointError(f"checkpoint {path} is unreadable: {e}") from None
-    expected = jax.tree.leaves(template)
-    if len(leaves) != len(expected):
-        raise CheckpointError(
-            f"checkpoint {path} does not match this sweep's model and grid: {len(leaves)} arrays, "
+            f"checkpoint {where} does not match this sweep's model and grid: {len(saved)} arrays, "
             f"expected {len(expected)}"
         )
-    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(template)]
-    for name, a, b in zip(paths, leaves, expected, strict=True):
-        if a.shape != tuple(b.shape) or a.dtype != b.dtype:
+    real = lambda shape, kk: [shape[0], kk, *shape[2:]] if len(shape) >= 2 else list(shape)
+    for leaf, (path, x) in zip(saved, expected, strict=True):
+        name = jax.tree_util.keystr(path)
+        have, want = real(leaf["shape"], k_saved), real(list(x.shape), k)
+        if leaf["path"] != name or have != want or leaf["dtype"] != str(np.dtype(x.dtype)):
             raise CheckpointError(
-                f"checkpoint {path} does not match this sweep's model and grid: state{name} is "
-                f"{a.dtype}{list(a.shape)}, expected {np.dtype(b.dtype)}{list(b.shape)}"
+                f"checkpoint {where} does not match this sweep's model and grid: "
+                f"state{leaf['path']} is {leaf['dtype']}{have}, expected "
+                f"state{name} {np.dtype(x.dtype)}{want}"
             )
-    state = jax.tree.unflatten(jax.tree.structure(template), leaves)
-    history = _history(path, steps, metrics)
-    try:
-        segment = payload.get("segment_steps")
-        segment = None if segment is None else int(segment)
-        pending = payload.get("pending")
-        if pending is not None:
-            pending = {
-                "from_step": int(pending["from_step"]),
-                **{m: np.asarray(pending[m], np.float64) for m in PENDING},
-            }
-    except Exception as e:
-        raise CheckpointError(f"checkpoint {path} is unreadable: {e}") from None
-    _check(path, state, history, layout, settings, pending, segment)
-    return Restored(state, history, pending, segment)
 
 
-def _history(path: Any, steps: np.ndarray, metrics: dict[str, np.ndarray]) -> list[dict]:
-    n = len(steps)
-    if steps.ndim != 1 or n == 0 or not np.issubdtype(steps.dtype, np.integer):
+def _history(path: Any, records: dict[str, Any]) -> list[dict]:
+    steps = np.asarray(records.get("step"))
+    n = len(steps) if steps.ndim == 1 else 0
+    if n == 0 or not np.issubdtype(steps.dtype, np.integer):
         raise CheckpointError(f"checkpoint {path} has no valid history of steps")
+    metrics = {m: np.asarray(records[m]) for m in METRICS}
     for m, a in metrics.items():
         if a.ndim != 3 or a.shape[0] != n:
             raise CheckpointError(
@@ -207,7 +443,8 @@ def _check(
     pending: dict | None = None,
     segment: int | None = None,
 ) -> None:
-    """The checkpoint against its own history and, if given, the spec's grid and settings."""
+    """The checkpoint against its own history and, if given, the spec's grid and settings
+    (``state``: the real configs' ``hparams`` and ``diverged_at`` and the step, on the host)."""
     bad = lambda what: CheckpointError(f"checkpoint {path} {what}")
     step = int(np.asarray(state.step))
     recorded = [h["step"] for h in history]

@@ -62,12 +62,12 @@ class Plan:
         return bool(self.parts[0].architecture)
 
     def checkpoint(self, path: str | pathlib.Path | None, part: Part) -> pathlib.Path | None:
-        """Part ``part``'s checkpoint: ``path`` itself without architecture axes, else
-        ``NAME.archI.EXT`` beside it."""
+        """Part ``part``'s checkpoint directory: ``path`` itself without architecture axes, else
+        ``NAME.archI`` beside it."""
         if path is None or not self.architectures:
             return None if path is None else pathlib.Path(path)
         path = pathlib.Path(path)
-        return path.with_name(f"{path.stem}.arch{part.index}{path.suffix}")
+        return path.with_name(f"{path.name}.arch{part.index}")
 
 
 def model_of(model_for: ModelFor, part: Part) -> Model:
@@ -111,7 +111,7 @@ def merge_documents(
     records = merge_records(plan, documents)
     timing = {
         k: sum(d["timing"][k] for d in documents)
-        for k in ("wall_s", "trace_s", "compile_s", "eval_s", "compiled_chunks")
+        for k in ("wall_s", "trace_s", "compile_s", "eval_s", "checkpoint_s", "compiled_chunks")
     }
     per_second = [d["timing"]["config_examples_per_s"] * d["timing"]["wall_s"] for d in documents]
     timing["config_examples_per_s"] = sum(per_second) / timing["wall_s"]

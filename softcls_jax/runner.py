@@ -10,6 +10,7 @@ and losses (any ``loss(logits, labels) -> per-example loss``):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -33,9 +34,7 @@ from softcls_jax.preemption import Preempted, StopCheck, stop_on_signals
 Progress = Callable[[int, int, dict, float], None]  # (step, total steps, record, seconds so far)
 PLOTS = ("accuracy_vs_lr.png", "learning_curves.png", "train_loss_curves.png")
 TENSORBOARD = "tensorboard"  # the event files' directory inside a workdir
-BLOCK_PLAN = (
-    ".blocks.json"  # beside a checkpoint NAME.EXT: NAME.blocks.json, the blocks it was cut in
-)
+BLOCK_PLAN = ".blocks.json"  # beside a checkpoint NAME: NAME.blocks.json, the blocks it was cut in
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,47 +226,52 @@ def _run_one(
     path = None if checkpoint_path is None else pathlib.Path(checkpoint_path)
     recorded = _read_block_plan(path) if resume else None
     trainer = Trainer(model, dataset, layout, settings)
-    budget, source = memory.device_budget(trainer.devices[0], memory_budget)
-    cap = max_configs_per_block
-    if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
-        raise ValueError(f"max_configs_per_block must be an integer >= 1, got {cap!r}")
-    plan_info: dict[str, Any] = {"budget_bytes": budget, "budget": source}
-    if recorded is not None:  # a blocked run resumes with its own cut
-        per_block, reason = recorded["configs_per_block"], recorded["reason"]
-    elif cap is not None and layout.size > cap:  # cut by hand: the whole grid is never compiled
-        per_block, reason = cap, f"max_configs_per_block={cap}"
-    else:
-        restored = _restore(trainer, path, layout, settings) if resume else None
-        first = 0 if restored is None else int(restored.state.step)
-        trainer.segment_steps = (
-            restored.segment_steps
-            if restored is not None
-            else (trainer.choose_segment() if stop is not None else None)
+    ckpt = None if path is None else checkpoint.Checkpointer(path, trainer)
+    try:
+        budget, source = memory.device_budget(trainer.devices[0], memory_budget)
+        cap = max_configs_per_block
+        if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
+            raise ValueError(f"max_configs_per_block must be an integer >= 1, got {cap!r}")
+        plan_info: dict[str, Any] = {"budget_bytes": budget, "budget": source}
+        if recorded is not None:  # a blocked run resumes with its own cut
+            per_block, reason = recorded["configs_per_block"], recorded["reason"]
+        elif cap is not None and layout.size > cap:  # cut by hand: the whole grid is never compiled
+            per_block, reason = cap, f"max_configs_per_block={cap}"
+        else:
+            restored = ckpt.restore(layout, settings) if ckpt is not None and resume else None
+            first = 0 if restored is None else int(restored.state.step)
+            trainer.segment_steps = (
+                restored.segment_steps
+                if restored is not None
+                else (trainer.choose_segment() if stop is not None else None)
+            )
+            need = trainer.compile_ahead(first)
+            est = _estimate(trainer, need)
+            plan_info["need_bytes"] = None if est is None else est.measured_bytes
+            if est is None or est.measured_bytes <= budget or restored is not None:
+                if est is not None and est.measured_bytes > budget:  # a one-block checkpoint
+                    raise memory.MemoryBudgetError(
+                        f"the checkpoint at {path} holds the whole grid as one block, which needs "
+                        f"{memory.describe_bytes(est.measured_bytes)} per device, more than the "
+                        f"budget of {memory.describe_bytes(budget)} ({source}); resume it on a "
+                        "larger device, or remove it to train in blocks"
+                    )
+                fits = "fits" if est is not None else "memory unknown on this backend"
+                plan_info.update(blocks=1, configs_per_block=layout.size, reason=fits)
+                return _train_block(trainer, ckpt, restored, start, hooks, plan_info, (0, 1))
+            per_block = _configs_per_block(trainer, est, budget, source)
+            reason = (
+                f"memory: the grid needs {memory.describe_bytes(est.measured_bytes)} per device, the "
+                f"budget is {memory.describe_bytes(budget)} ({source})"
+            )
+            plan_info["probe_s"] = trainer.trace_seconds + trainer.compile_seconds
+        plan_info.update(configs_per_block=per_block, reason=reason)
+        return _run_blocks(
+            model, dataset, layout, settings, hooks, start, path, plan_info, recorded, budget
         )
-        need = trainer.compile_ahead(first)
-        est = _estimate(trainer, need)
-        plan_info["need_bytes"] = None if est is None else est.measured_bytes
-        if est is None or est.measured_bytes <= budget or restored is not None:
-            if est is not None and est.measured_bytes > budget:  # a one-block checkpoint
-                raise memory.MemoryBudgetError(
-                    f"the checkpoint at {path} holds the whole grid as one block, which needs "
-                    f"{memory.describe_bytes(est.measured_bytes)} per device, more than the "
-                    f"budget of {memory.describe_bytes(budget)} ({source}); resume it on a "
-                    "larger device, or remove it to train in blocks"
-                )
-            fits = "fits" if est is not None else "memory unknown on this backend"
-            plan_info.update(blocks=1, configs_per_block=layout.size, reason=fits)
-            return _train_block(trainer, path, restored, start, hooks, plan_info, (0, 1))
-        per_block = _configs_per_block(trainer, est, budget, source)
-        reason = (
-            f"memory: the grid needs {memory.describe_bytes(est.measured_bytes)} per device, the "
-            f"budget is {memory.describe_bytes(budget)} ({source})"
-        )
-        plan_info["probe_s"] = trainer.trace_seconds + trainer.compile_seconds
-    plan_info.update(configs_per_block=per_block, reason=reason)
-    return _run_blocks(
-        model, dataset, layout, settings, hooks, start, path, plan_info, recorded, budget
-    )
+    finally:  # a save in flight is committed however this ends
+        if ckpt is not None:
+            ckpt.close()
 
 
 def _estimate(trainer: Trainer, need: int | None) -> memory.Estimate | None:
@@ -343,20 +347,20 @@ def _run_blocks(
     for j, block in enumerate(blocks):
         trainer = first if j == 0 else Trainer(model, dataset, block, settings, compile_cache=cache)
         trainer.segment_steps = segment
-        block_path = None if path is None else path.with_name(f"{path.stem}.block{j}{path.suffix}")
-        restored = None
-        if block_path is not None and recorded is not None and block_path.exists():
-            restored = _restore(trainer, block_path, block, settings)
+        block_path = None if path is None else checkpoint.sibling(path, f"block{j}")
         progress = None
         if on_progress is not None:
             progress = lambda step, _, record, s, j=j: on_progress(
                 j * settings.steps + step, total, record, time.perf_counter() - start
             )
+        own = dataclasses.replace(hooks, on_progress=progress, on_plan=None if j else on_plan)
         try:
-            own = dataclasses.replace(hooks, on_progress=progress, on_plan=None if j else on_plan)
-            run = _train_block(
-                trainer, block_path, restored, start, own, plan_info, (j, len(blocks))
-            )
+            with contextlib.ExitStack() as closing:
+                ckpt, restored = None, None
+                if block_path is not None:
+                    ckpt = closing.enter_context(checkpoint.Checkpointer(block_path, trainer))
+                    restored = ckpt.restore(block, settings) if recorded is not None else None
+                run = _train_block(trainer, ckpt, restored, start, own, plan_info, (j, len(blocks)))
         except Preempted as e:
             raise Preempted(e.reason, e.step, f" of block {j + 1}/{len(blocks)}") from None
         if block_path is not None:  # on disk: read back at the end for the selected configs only
@@ -411,29 +415,21 @@ def _selected_of_blocks(
             continue
         params, state = run.params, run.model_state
         if params is None:  # one block's state at a time
-            block_path = path.with_name(f"{path.stem}.block{part.index}{path.suffix}")
             reader = Trainer(model, dataset, part.layout, settings)
-            restored = _restore(reader, block_path, part.layout, settings)
-            params, state = restored.state.params, restored.state.model_state
+            block_path = checkpoint.sibling(path, f"block{part.index}")
+            with checkpoint.Checkpointer(block_path, reader) as ckpt:
+                restored = ckpt.restore(part.layout, settings)
+            params, state = reader.real_variables(restored.state)
         parts.append(part)
         entries.append((run.document, params, state, model))
     return plan_lib.selected(plan_lib.Plan(plan.layout, tuple(parts)), document, entries)
-
-
-def _restore(
-    trainer: Trainer, path: pathlib.Path | None, layout: Layout, settings: TrainSettings
-) -> checkpoint.Restored | None:
-    """The checked checkpoint at ``path`` for ``trainer``'s grid (None if there is none)."""
-    if path is None or not path.exists():
-        return None
-    return checkpoint.restore_run(path, trainer.portable_template(), layout, settings)
 
 
 def _read_block_plan(path: pathlib.Path | None) -> dict | None:
     """The block cut recorded beside the checkpoint ``path`` (None if it trained as one block)."""
     if path is None:
         return None
-    plan_path = path.with_name(path.stem + BLOCK_PLAN)
+    plan_path = path.with_name(path.name + BLOCK_PLAN)
     if not plan_path.exists():
         return None
     try:
@@ -449,7 +445,7 @@ def _write_block_plan(path: pathlib.Path, plan_info: Mapping[str, Any], per_bloc
         "configs_per_block": per_block,
         **{k: v for k, v in plan_info.items() if k != "block"},
     }
-    results.atomic_write_json(path.with_name(path.stem + BLOCK_PLAN), record)
+    results.atomic_write_json(path.with_name(path.name + BLOCK_PLAN), record)
 
 
 def _timed(
@@ -490,7 +486,7 @@ def _duration(seconds: float) -> str:
 
 def _train_block(
     trainer: Trainer,
-    path: pathlib.Path | None,
+    ckpt: checkpoint.Checkpointer | None,
     restored: checkpoint.Restored | None,
     start: float,
     hooks: _Hooks,
@@ -498,7 +494,8 @@ def _train_block(
     block: tuple[int, int],
 ) -> Run:
     """Trains block ``block = (j, of)`` (or the whole grid, ``(0, 1)``) with ``trainer``, from
-    ``restored`` if given, checkpointing to ``path`` after every chunk and on a stop."""
+    ``restored`` if given, checkpointing with ``ckpt`` after every chunk (asynchronously) and on
+    a stop (committed before :class:`Preempted` is raised)."""
     layout, settings, model = trainer.layout.real(), trainer.settings, trainer.model
     on_progress, on_resume, tensorboard_dir = (
         hooks.on_progress,
@@ -506,12 +503,8 @@ def _train_block(
         hooks.tensorboard_dir,
     )
     state, history, pending = None, None, None
-    if restored is not None:  # checked against this grid; saved device-independent, padded here
-        state, history, pending = (
-            trainer.device_state(restored.state),
-            restored.history,
-            restored.pending,
-        )
+    if restored is not None:  # checked against this grid, on this run's devices
+        state, history, pending = restored.state, restored.history, restored.pending
         if on_resume is not None:
             on_resume(int(state.step))
 
@@ -523,9 +516,8 @@ def _train_block(
     logged = len(history or [])  # a resumed run logs only its new records
 
     def save(state: Any, history: list[dict], partial: dict | None = None) -> None:
-        host = trainer.portable_state(state)  # a collective on several hosts: all join
-        if jax.process_index() == 0:
-            checkpoint.save(path, host, history, partial, trainer.segment_steps)
+        if ckpt is not None:  # every process writes its own shards
+            ckpt.save(state, history, partial, trainer.segment_steps)
 
     def on_chunk(state: Any, history: list[dict]) -> None:
         nonlocal logged
@@ -533,16 +525,16 @@ def _train_block(
             for record in history[logged:]:
                 log.write(record)
             logged = len(history)
-        if path is not None:
-            save(state, history)
+        save(state, history)
         if on_progress is not None:
             on_progress(
                 history[-1]["step"], settings.steps, history[-1], time.perf_counter() - start
             )
 
     def on_stop(state: Any, history: list[dict], partial: dict | None) -> None:
-        if path is not None:
-            save(state, history, partial)
+        save(state, history, partial)
+        if ckpt is not None:
+            ckpt.wait()  # committed before the run says it stopped
 
     try:
         state, history = trainer.train(
@@ -554,6 +546,8 @@ def _train_block(
             pending=pending,
         )
         jax.block_until_ready(state)
+        if ckpt is not None:
+            ckpt.wait()  # the last checkpoint committed: part of the run's wall time
     except jax.errors.JaxRuntimeError as e:
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
@@ -575,6 +569,7 @@ def _train_block(
         "compiled_chunks": trainer.compiled_chunks,
         "config_examples_per_s": layout.size * settings.steps * settings.batch_size / wall,
         "segment_steps": trainer.segment_steps,
+        "checkpoint_s": 0.0 if ckpt is None else ckpt.blocked_seconds,
     }
     if block[1] == 1:
         timing.update(_block_timing(plan_info))

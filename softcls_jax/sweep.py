@@ -365,9 +365,7 @@ def build_model(spec: SweepSpec, dataset: data.Dataset) -> models.Model:
 SPEC_FILE = "spec.json"
 # settings a spec.json written before them lacks; their defaults keep the numerics of then
 ADDED_SETTINGS = ("depth", "width", "augment", "weight_decay_mask")
-OWNED_FILES = ("results.json", "results.csv", "summary.md", checkpoint.FILENAME, SPEC_FILE)
-# checkpoint.FILENAME, or checkpoint.archI.msgpack per architecture, NAME.blockJ.msgpack per block
-CHECKPOINTS = "checkpoint*.msgpack"
+OWNED_FILES = ("results.json", "results.csv", "summary.md", SPEC_FILE)
 BLOCK_PLANS = "checkpoint*" + runner.BLOCK_PLAN  # how a grid was cut into blocks, beside them
 VERSIONED = ("jax", "jaxlib", "flax", "optax", "numpy")  # packages whose versions change numerics
 
@@ -428,9 +426,10 @@ def prepare_workdir(
             (workdir / name).unlink(missing_ok=True)
         shutil.rmtree(workdir / runner.TENSORBOARD, ignore_errors=True)
         shutil.rmtree(workdir / trained.DIRECTORY, ignore_errors=True)
-        for pattern in (CHECKPOINTS, BLOCK_PLANS):  # per architecture and block of a plan
-            for path in workdir.glob(pattern):
-                path.unlink(missing_ok=True)
+        for path in checkpoint_directories(workdir):  # per architecture and block of a plan
+            shutil.rmtree(path, ignore_errors=True)
+        for path in (*workdir.glob(BLOCK_PLANS), *checkpoint.legacy_files(workdir)):
+            path.unlink(missing_ok=True)
     elif spec_path.exists():
         try:
             previous = json.loads(spec_path.read_text())
@@ -452,13 +451,32 @@ def prepare_workdir(
                 f"{workdir} holds a sweep {_fingerprint_change(recorded, fingerprint)}; use another "
                 "--workdir, or --overwrite to replace it",
             )
-        return any(workdir.glob(CHECKPOINTS))
+        legacy = checkpoint.legacy_files(workdir)
+        if legacy:
+            raise SettingError(
+                "workdir",
+                f"{workdir} holds {legacy[0].name}, a checkpoint in the one-file format of earlier "
+                "softcls-jax versions, which this version does not read (it writes sharded orbax "
+                "checkpoints); use --overwrite to start the sweep again, or another --workdir",
+            )
+        return any(checkpoint.committed(p) for p in checkpoint_directories(workdir))
     if jax.process_index() == 0:  # on several hosts, only process 0 writes
         from softcls_jax.results import atomic_write_json
 
         document = current if fingerprint is None else {**current, "fingerprint": fingerprint}
         atomic_write_json(spec_path, document)
     return False
+
+
+def checkpoint_directories(workdir: pathlib.Path) -> list[pathlib.Path]:
+    """The checkpoint directories of a workdir: ``checkpoint``, and ``checkpoint.archI``,
+    ``checkpoint.blockJ`` (and ``checkpoint.archI.blockJ``) per part of a plan."""
+    name = checkpoint.DIRECTORY
+    return sorted(
+        p
+        for p in workdir.glob(f"{name}*")
+        if p.is_dir() and (p.name == name or p.name.startswith(f"{name}."))
+    )
 
 
 def _fingerprint_change(previous: Any, current: Mapping[str, Any]) -> str:
@@ -583,7 +601,7 @@ def run_sweep(
                 spec.layout(),
                 spec.train_settings(),
                 described=spec.as_dict(),
-                checkpoint_path=workdir / checkpoint.FILENAME,
+                checkpoint_path=workdir / checkpoint.DIRECTORY,
                 resume=resumable,
                 on_progress=on_progress,
                 on_resume=on_resume,
@@ -621,6 +639,12 @@ def load_trained(
       >>> best = load_trained("runs/sweep", loss="ce")  # doctest: +SKIP
       >>> logits = best.module()(x)  # doctest: +SKIP
     """
+    spec = read_spec(workdir)
+    return trained.load(workdir, model_or_factory(spec, load_dataset(spec)), loss, seed)
+
+
+def read_spec(workdir: str | pathlib.Path) -> SweepSpec:
+    """The spec a CLI sweep recorded in ``workdir/spec.json`` (``ValueError`` if there is none)."""
     path = pathlib.Path(workdir) / SPEC_FILE
     try:
         saved = json.loads(path.read_text())
@@ -628,5 +652,4 @@ def load_trained(
         raise ValueError(f"{path}: not a sweep's workdir ({e})") from None
     settings = saved.get("spec", saved)
     fields = {f.name for f in dataclasses.fields(SweepSpec)}
-    spec = SweepSpec(**{k: v for k, v in settings.items() if k in fields})
-    return trained.load(workdir, model_or_factory(spec, load_dataset(spec)), loss, seed)
+    return SweepSpec(**{k: v for k, v in settings.items() if k in fields})

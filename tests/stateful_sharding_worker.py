@@ -1,8 +1,10 @@
 """Run in a subprocess: a BatchNorm + Dropout grid on this process's devices.
 
 ``python -m tests.stateful_sharding_worker MODE PATH``: ``whole`` trains uninterrupted and prints
-its final metrics as JSON; ``killed`` checkpoints to PATH and kills itself (SIGKILL) after the first
-chunk; ``resume`` continues from PATH and prints the final metrics.
+its final metrics as JSON; ``killed`` checkpoints to PATH and kills itself (SIGKILL) after the second
+chunk (the first chunk's checkpoint is committed by then: saving is asynchronous, and a save waits
+for the one before); ``resume`` continues from PATH and prints the final metrics and the step it
+resumed from.
 """
 
 import json
@@ -35,9 +37,11 @@ def main(mode: str, path: str) -> None:
     layout = engine.Layout(("ce", "mse"), (0.01, 0.05, 0.2), (0, 1))
     settings = engine.TrainSettings("momentum", 60, 64, 20)
 
-    def kill_after_first_chunk(step, *_):
-        if mode == "killed" and step == 20:
+    def kill_after_second_chunk(step, *_):
+        if mode == "killed" and step == 40:
             os.kill(os.getpid(), signal.SIGKILL)
+
+    resumed_at = []
 
     done = runner.run(
         model,
@@ -46,10 +50,12 @@ def main(mode: str, path: str) -> None:
         settings,
         checkpoint_path=None if mode == "whole" else path,
         resume=mode == "resume",
-        on_progress=kill_after_first_chunk,
+        on_progress=kill_after_second_chunk,
+        on_resume=resumed_at.append,
     )
     out = {
         "devices": jax.device_count(),
+        "resumed_at": resumed_at,
         "finals": [c["final"] for c in done.document["configs"]],
         "state": [np.asarray(a).tolist() for a in jax.tree.leaves(done.model_state)],
     }

@@ -114,12 +114,12 @@ def test_a_small_memory_budget_cuts_the_grid_with_a_probe(digits_mlp, one_block)
 
 def test_a_block_of_blocks_keeps_its_trained_models(digits_mlp, one_block, tmp_path):
     blocked = runner.run(
-        *digits_mlp, GRID, SETTINGS, max_configs_per_block=4, checkpoint_path=tmp_path / "c.msgpack"
+        *digits_mlp, GRID, SETTINGS, max_configs_per_block=4, checkpoint_path=tmp_path / "c"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "c.block0.msgpack",
-        "c.block1.msgpack",
-        "c.block2.msgpack",
+        "c.block0",
+        "c.block1",
+        "c.block2",
         "c.blocks.json",
     ]
     for loss, chosen in blocked.selected.items():
@@ -202,7 +202,10 @@ def test_kill_9_in_block_2_then_resume_equals_uninterrupted_run(tmp_path):
     )
     assert resumed.returncode == 0, resumed.stderr
     resumes = [x for x in resumed.stdout.splitlines() if x.startswith("resuming")]
-    assert [int(x.rsplit(" ", 1)[1]) for x in resumes][:2] == [600, 300], resumes
+    # block 1 finished (its checkpoint committed before block 2 began); block 2 at its last
+    # committed checkpoint: 300 was printed, its save may have been in flight (asynchronous)
+    first, second = [int(x.rsplit(" ", 1)[1]) for x in resumes][:2]
+    assert first == 600 and second in (200, 300), resumes
     uninterrupted = subprocess.run(
         [*SWEEP, *BLOCK_ARGS, f"--workdir={reference}"],
         capture_output=True,

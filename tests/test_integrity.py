@@ -4,16 +4,20 @@ device-independent resume, write errors, and inputs that used to end in a traceb
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 
+import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
-from flax import serialization
 
+from experiments import checkpoint_edits
 from softcls_jax import checkpoint, data, files, models, sweep
+from tests import checkpoint_files
 
 TINY = sweep.SweepSpec(
     losses=("ce",),
@@ -113,31 +117,21 @@ def test_the_lock_dies_with_its_process(tmp_path):
 # ---------------------------------------------------------------- 3. checked checkpoints
 
 
-def _edit_checkpoint(workdir, edit):
-    path = workdir / checkpoint.FILENAME
-    payload = checkpoint.read_payload(path)
-    edit(payload)
-    checkpoint.write_payload(path, serialization.msgpack_serialize(payload))
+def _set_step(state, history):
+    return state._replace(step=jnp.asarray(10, jnp.int32)), history
 
 
-def _last(payload, back):
-    return str(len(payload["leaves"]) - back)  # leaves end with ... hparams, diverged_at, step
+def _set_lr(state, history):
+    lr = state.hparams["learning_rate"]
+    return state._replace(hparams={**state.hparams, "learning_rate": lr * 2}), history
 
 
-def _set_step(p):
-    p["leaves"][_last(p, 1)] = np.asarray(10, np.int32)
+def _short_history(state, history):
+    return state, history[:-1]
 
 
-def _set_lr(p):
-    p["leaves"][_last(p, 3)] = p["leaves"][_last(p, 3)] * 2
-
-
-def _short_history(p):
-    p["history"] = {k: v[:-1] for k, v in p["history"].items()}
-
-
-def _bad_steps(p):
-    p["history"]["step"] = np.asarray([0, 7, 20])
+def _bad_steps(state, history):
+    return state, [{**h, "step": s} for h, s in zip(history, (0, 7, 20), strict=True)]
 
 
 @pytest.mark.parametrize(
@@ -152,20 +146,58 @@ def _bad_steps(p):
 def test_a_checkpoint_inconsistent_with_itself_or_the_spec_is_refused(tmp_path, edit, message):
     sweep.run_sweep(TINY, tmp_path)
     (tmp_path / "results.json").unlink()
-    _edit_checkpoint(tmp_path, edit)
+    checkpoint_edits.edit(tmp_path, edit)
     with pytest.raises(sweep.SettingError, match=message + r".*; remove it or use --overwrite"):
         sweep.run_sweep(TINY, tmp_path)
     assert not (tmp_path / "results.json").exists()  # no corrupted checkpoint yields results
 
 
-def test_flipped_bytes_fail_the_checksum(tmp_path):
+def test_a_flipped_bit_in_a_weight_fails_its_digest(tmp_path):
+    """orbax reads such a file back without complaint (its checks cover the structure, not the
+    numbers): the digest finds it, naming the array."""
     sweep.run_sweep(TINY, tmp_path)
-    path = tmp_path / checkpoint.FILENAME
-    raw = bytearray(path.read_bytes())
-    raw[-40] ^= 0x01  # one bit of a weight
-    path.write_bytes(bytes(raw))
-    with pytest.raises(sweep.SettingError, match=r"is corrupted: its sha256 does not match"):
+    largest = checkpoint_files.array_files(tmp_path / checkpoint.DIRECTORY)[0]  # the kernels
+    raw = bytearray(largest.read_bytes())
+    raw[len(raw) // 2] ^= 0x01  # one bit of a weight, inside zstd's stored (raw) block
+    largest.write_bytes(bytes(raw))
+    with pytest.raises(
+        sweep.SettingError,
+        match=r"is corrupted: state\.params\[.*\]\.value does not match its digest",
+    ):
         sweep.run_sweep(TINY, tmp_path)
+
+
+@pytest.mark.parametrize("item", ["state", "history"])
+def test_truncated_files_are_refused(tmp_path, item):
+    sweep.run_sweep(TINY, tmp_path)
+    for path in checkpoint_files.array_files(tmp_path / checkpoint.DIRECTORY, item):
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(sweep.SettingError, match=r"checkpoint .* is (unreadable|corrupted)"):
+        sweep.run_sweep(TINY, tmp_path)
+
+
+def test_a_checkpoint_of_another_sweep_is_refused(tmp_path):
+    """A foreign checkpoint copied into a workdir: another model's arrays are named."""
+    other = sweep.SweepSpec(**{**TINY.__dict__, "hidden": (12,)})
+    sweep.run_sweep(other, tmp_path / "other")
+    sweep.run_sweep(TINY, tmp_path / "w")
+    shutil.rmtree(tmp_path / "w" / checkpoint.DIRECTORY)
+    shutil.copytree(tmp_path / "other" / checkpoint.DIRECTORY, tmp_path / "w" / "checkpoint")
+    with pytest.raises(
+        sweep.SettingError,
+        match=r"does not match this sweep's model and grid: state\.params.* is float32\[1, 2, 12\], "
+        r"expected .* float32\[1, 2, 8\]",
+    ):
+        sweep.run_sweep(TINY, tmp_path / "w")
+
+
+def test_a_checkpoint_of_the_earlier_format_is_a_clear_error(tmp_path):
+    sweep.run_sweep(TINY, tmp_path)
+    (tmp_path / "checkpoint.msgpack").write_bytes(b"softcls-jax checkpoint 2\n")
+    with pytest.raises(sweep.SettingError, match=r"holds checkpoint\.msgpack, .* earlier"):
+        sweep.run_sweep(TINY, tmp_path)
+    sweep.run_sweep(TINY, tmp_path, overwrite=True)
+    assert not (tmp_path / "checkpoint.msgpack").exists()
 
 
 # ---------------------------------------------------------------- 4. another device count
@@ -229,18 +261,22 @@ def test_resume_on_another_number_of_devices_equals_an_uninterrupted_run(tmp_pat
 
 
 def test_out_of_space_exits_cleanly_and_the_last_good_checkpoint_resumes(tmp_path, monkeypatch):
-    real_fsync = os.fsync
+    """The second checkpoint's writing fails as orbax reports a full disk (the text it gave on a
+    real full tmpfs); the first stays and resumes."""
+    real_save = ocp.CheckpointManager.save
 
-    def full_disk(fd):
-        if (tmp_path / checkpoint.FILENAME).exists():
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_fsync(fd)
+    def full_disk(self, step, *args, **kwargs):
+        if step > 10:
+            raise ValueError(
+                f"RESOURCE_EXHAUSTED: Error writing in OCDBT database at {tmp_path}: Failed to "
+                f"write 18263 bytes to file 5: No space left on device [os_error_code='{errno.ENOSPC}']"
+            )
+        return real_save(self, step, *args, **kwargs)
 
-    monkeypatch.setattr(files.os, "fsync", full_disk)
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk)
     with pytest.raises(sweep.SettingError, match=rf"cannot write to {tmp_path}: No space left"):
         sweep.run_sweep(TINY, tmp_path)
     monkeypatch.undo()
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".checkpoint")] == []
     resumed_at = []
     document = sweep.run_sweep(TINY, tmp_path, on_resume=resumed_at.append)
     assert resumed_at == [10]  # the checkpoint of the first chunk survived
@@ -249,13 +285,16 @@ def test_out_of_space_exits_cleanly_and_the_last_good_checkpoint_resumes(tmp_pat
 
 def test_temporaries_of_a_crash_are_removed_and_nothing_else(tmp_path):
     tmp_path.mkdir(exist_ok=True)
-    ours = [".checkpoint.msgpack.ab12cd", ".summary.md.x9", ".results.json.q", ".write_test.123"]
+    ours = [".summary.md.x9", ".results.json.q", ".write_test.123"]
     theirs = [".other.tmp", "notes.txt", ".summary.mdx"]
     for name in ours + theirs:
         (tmp_path / name).write_text("x")
+    orphan = tmp_path / checkpoint.DIRECTORY / f"10{ocp.step.TMP_DIR_SUFFIX}"  # orbax's, of a crash
+    orphan.mkdir(parents=True)
     sweep.run_sweep(TINY, tmp_path)
     left = {p.name for p in tmp_path.iterdir()}
     assert not left & set(ours) and set(theirs) <= left
+    assert not orphan.exists()
 
 
 def test_files_honour_the_umask(tmp_path):

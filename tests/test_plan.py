@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from softcls_jax import data, engine, models, plan, results, runner
+from softcls_jax import checkpoint, data, engine, models, plan, results, runner
 from tests.test_reliability import _results_without_timing
 
 SWEEP = [sys.executable, "-m", "experiments.sweep"]
@@ -85,13 +85,9 @@ def test_plan_checkpoints_one_file_per_architecture(tmp_path):
     layout = engine.Layout(("ce",), (0.1,), (0,), {"width": (8, 16)})
     p = plan.Plan.of(layout)
     assert [part.architecture for part in p.parts] == [(("width", 8.0),), (("width", 16.0),)]
-    assert p.checkpoint(tmp_path / "checkpoint.msgpack", p.parts[1]).name == (
-        "checkpoint.arch1.msgpack"
-    )
+    assert p.checkpoint(tmp_path / "checkpoint", p.parts[1]).name == "checkpoint.arch1"
     single = plan.Plan.of(engine.Layout(("ce",), (0.1,), (0,)))
-    assert not single.architectures and single.checkpoint("c.msgpack", single.parts[0]).name == (
-        "c.msgpack"
-    )
+    assert not single.architectures and single.checkpoint("c", single.parts[0]).name == "c"
 
 
 def test_kill_9_in_the_second_architecture_then_resume_equals_uninterrupted(tmp_path):
@@ -108,7 +104,7 @@ def test_kill_9_in_the_second_architecture_then_resume_equals_uninterrupted(tmp_
             break
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
-    assert (interrupted / "checkpoint.arch1.msgpack").exists()
+    assert checkpoint.committed(interrupted / "checkpoint.arch1")
     assert not (interrupted / "results.json").exists()
     for workdir in (interrupted, reference):
         done = subprocess.run(

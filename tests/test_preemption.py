@@ -12,6 +12,7 @@ import pytest
 from softcls_jax import checkpoint, data, models
 from softcls_jax.engine import Layout, Trainer, TrainSettings
 from softcls_jax.preemption import EXIT_PREEMPTED, Preempted, StopFlag, stop_on_signals
+from tests import checkpoint_files
 
 SWEEP = [sys.executable, "-u", "-m", "experiments.sweep"]
 # one chunk as long as the run: only segments let a signal stop it early
@@ -40,8 +41,10 @@ def _run(args, workdir):
 
 
 def _step_of(workdir):
-    leaves = checkpoint.read_payload(workdir / checkpoint.FILENAME)["leaves"].values()
-    (step,) = [int(a) for a in map(np.asarray, leaves) if a.ndim == 0]  # GridState.step
+    """The step of the workdir's committed checkpoint, as its metadata records it."""
+    step_dir = checkpoint_files.step_dir(workdir / checkpoint.DIRECTORY)
+    step = json.loads((step_dir / "meta" / "metadata").read_text())["step"]
+    assert str(step) == step_dir.name
     return step
 
 
@@ -131,7 +134,7 @@ def test_a_stop_between_segments_resumes_to_the_same_history(trainer_parts):
         return flag()
 
     def on_stop(state, history, partial):
-        saved.update(state=stopper.portable_state(state), history=list(history), partial=partial)
+        saved.update(state=stopper.host_state(state), history=list(history), partial=partial)
 
     with pytest.raises(Preempted, match="SIGTERM at step 40"):
         stopper.train(stop=stop, on_stop=on_stop)
@@ -169,25 +172,32 @@ def test_mid_chunk_checkpoint_round_trip_and_its_checks(trainer_parts, tmp_path)
     trainer = Trainer(*trainer_parts)
     trainer.segment_steps = 10
     saved = {}
+    saves = {  # directory: (running sums?, segment steps)
+        "good": (True, 10),
+        "off_boundary": (True, 7),
+        "no_sums": (False, 10),  # a mid-chunk state without its running sums: inconsistent
+    }
 
     def on_stop(state, history, partial):
-        saved.update(state=trainer.portable_state(state), history=list(history), partial=partial)
+        saved["partial"] = partial
+        for name, (sums, segment) in saves.items():
+            with checkpoint.Checkpointer(tmp_path / name, trainer) as ckpt:
+                ckpt.save(state, history, partial if sums else None, segment)
 
     calls = iter(range(100))
     with pytest.raises(Preempted):
         trainer.train(stop=lambda: "SIGTERM" if next(calls) == 5 else None, on_stop=on_stop)
-    path = tmp_path / "c.msgpack"
-    checkpoint.save(path, saved["state"], saved["history"], saved["partial"], 10)
     layout, settings = trainer_parts[2], trainer_parts[3]
-    restored = checkpoint.restore_run(path, trainer.portable_template(), layout, settings)
+    restore = lambda name: checkpoint.Checkpointer(tmp_path / name, trainer).restore(
+        layout, settings
+    )
+    restored = restore("good")
     assert restored.segment_steps == 10 and restored.pending["from_step"] == 30
     np.testing.assert_array_equal(restored.pending["train_loss"], saved["partial"]["train_loss"])
-    checkpoint.save(path, saved["state"], saved["history"], saved["partial"], 7)
     with pytest.raises(checkpoint.CheckpointError, match="not a segment boundary"):
-        checkpoint.restore_run(path, trainer.portable_template(), layout, settings)
-    checkpoint.save(path, saved["state"], saved["history"])  # no running sums: inconsistent
+        restore("off_boundary")
     with pytest.raises(checkpoint.CheckpointError, match="inconsistent"):
-        checkpoint.restore_run(path, trainer.portable_template(), layout, settings)
+        restore("no_sums")
 
 
 def test_huge_grid_prints_its_plan_trains_and_stops_cleanly(tmp_path):

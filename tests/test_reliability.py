@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from softcls_jax import checkpoint, data, engine, models, sweep
+from tests import checkpoint_files
 
 SWEEP = [sys.executable, "-u", "-m", "experiments.sweep"]
 RESUME_ARGS = ["--loss=ce,mse", "--num_lrs=4", "--seeds=2", "--steps=1500", "--eval_every=100"]
@@ -41,7 +42,7 @@ def test_kill_9_mid_sweep_then_resume_equals_uninterrupted_run(tmp_path):
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     assert not (interrupted / "results.json").exists()
-    assert (interrupted / checkpoint.FILENAME).exists()
+    assert checkpoint.committed(interrupted / checkpoint.DIRECTORY)
 
     resumed = subprocess.run(
         [*SWEEP, *RESUME_ARGS, f"--workdir={interrupted}"],
@@ -53,7 +54,9 @@ def test_kill_9_mid_sweep_then_resume_equals_uninterrupted_run(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     line = next(x for x in resumed.stdout.splitlines() if x.startswith("resuming"))
     step = int(line.rsplit(" ", 1)[1])
-    assert 300 <= step < 1500, line  # resumed mid-sweep, not from scratch
+    # resumed mid-sweep, not from scratch: when the third chunk's line is printed its checkpoint
+    # may still be in flight (saving is asynchronous), the second's is committed
+    assert 200 <= step < 1500, line
 
     uninterrupted = subprocess.run(
         [*SWEEP, *RESUME_ARGS, f"--workdir={reference}"],
@@ -101,7 +104,8 @@ def test_rerunning_a_finished_sweep_reproduces_it(tmp_path):
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     sweep.run_sweep(TINY, tmp_path)
-    (tmp_path / checkpoint.FILENAME).write_bytes(b"\x00garbage")
+    for path in checkpoint_files.array_files(tmp_path / checkpoint.DIRECTORY):
+        path.write_bytes(b"\x00garbage")
     with pytest.raises(
         sweep.SettingError, match=r"is unreadable: .*; remove it or use --overwrite"
     ):
@@ -118,8 +122,10 @@ def test_checkpoint_round_trip(tmp_path):
         engine.TrainSettings("adam", 20, 32, 10),
     )
     state, history = trainer.train()
-    checkpoint.save(tmp_path / "c", state, history)
-    restored, restored_history = checkpoint.restore(tmp_path / "c", trainer.state_template())
+    with checkpoint.Checkpointer(tmp_path / "c", trainer) as ckpt:
+        ckpt.save(state, history)
+    with checkpoint.Checkpointer(tmp_path / "c", trainer) as ckpt:
+        restored, restored_history = ckpt.restore()[:2]
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored), strict=True):
         np.testing.assert_array_equal(a, b)
     assert [h["step"] for h in restored_history] == [0, 10, 20]

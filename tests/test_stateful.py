@@ -193,7 +193,7 @@ def test_checkpoint_resume_equals_uninterrupted(blobs, tmp_path):
     layout = engine.Layout(("ce", "mse"), (0.05, 0.2), (0, 1))
     settings = engine.TrainSettings("momentum", 60, 32, 20)
     whole = runner.run(model, blobs, layout, settings)
-    path = tmp_path / checkpoint.FILENAME
+    path = tmp_path / checkpoint.DIRECTORY
 
     class Stop(Exception):
         pass
@@ -206,7 +206,17 @@ def test_checkpoint_resume_equals_uninterrupted(blobs, tmp_path):
         runner.run(
             model, blobs, layout, settings, checkpoint_path=path, on_progress=stop_after_first
         )
-    resumed = runner.run(model, blobs, layout, settings, checkpoint_path=path, resume=True)
+    resumed_at = []
+    resumed = runner.run(
+        model,
+        blobs,
+        layout,
+        settings,
+        checkpoint_path=path,
+        resume=True,
+        on_resume=resumed_at.append,
+    )
+    assert resumed_at == [20]  # the run that stopped waited for its checkpoint to commit
     np.testing.assert_equal(resumed.document["configs"], whole.document["configs"])
     for a, b in zip(*map(jax.tree.leaves, (whole.model_state, resumed.model_state)), strict=True):
         np.testing.assert_array_equal(a, b)

@@ -21,8 +21,8 @@ import numpy as np
 from jax.experimental import checkify
 from jax.sharding import Mesh
 
+from softcls_jax import digest, memory
 from softcls_jax import losses as losses_lib
-from softcls_jax import memory
 from softcls_jax.data import Dataset, with_label_noise
 from softcls_jax.engine import batches, evaluate, step
 from softcls_jax.engine.layout import LOSS_AXES, Layout
@@ -254,6 +254,9 @@ class Trainer:
         )
         self._indices_fn = jax.jit(jax.vmap(indices, (0, None, None), 1), static_argnums=2)
         self._chunk_fn = jax.jit(self._traced_chunk, donate_argnums=0)
+        self._digest_fn = jax.jit(
+            lambda tree: step.constrain(self.program, digest.tree_digests(tree), replicated=True)
+        )
 
     def _traced_chunk(self, state: GridState, data: Data, indices: jax.Array) -> Any:
         self.num_traces += 1  # runs only while tracing
@@ -289,24 +292,6 @@ class Trainer:
             return multihost_utils.process_allgather(state, tiled=True)
         return jax.device_get(state)
 
-    def portable_state(self, state: GridState) -> GridState:
-        """The state of the real configs as host arrays: every ``(S, K', ...)`` leaf cut to
-        ``(S, K, ...)``. It does not depend on the devices, so a checkpoint of it resumes on any
-        number of them (:meth:`device_state` pads it again)."""
-        real = self.layout.real_k
-        return jax.tree.map(
-            lambda a: np.asarray(a)[:, real] if np.ndim(a) >= 2 else np.asarray(a),
-            self.host_state(state),
-        )
-
-    def portable_template(self) -> GridState:
-        """Shapes and dtypes of :meth:`portable_state` (the real configs only)."""
-        k = len(self.layout.real_k)
-        cut = lambda a: jax.ShapeDtypeStruct(
-            (a.shape[0], k, *a.shape[2:]) if a.ndim >= 2 else a.shape, a.dtype
-        )
-        return jax.tree.map(cut, self.state_template())
-
     def padded_k(self) -> np.ndarray:
         """``(K',)``: the real config each padded position copies (itself for a real one; padding
         repeats the last combination of its loss group, as :meth:`Layout.hparams` does)."""
@@ -319,7 +304,7 @@ class Trainer:
         """Puts a host state on the devices, sharded like ``init_state``.
 
         ``host`` is either the padded state (:meth:`host_state`) or the real configs' state
-        (:meth:`portable_state`, e.g. a checkpoint written on another number of devices), which
+        (leaves ``(S, K, ...)``, e.g. a checkpoint written on another number of devices), which
         is padded here for this trainer's layout.
         """
         kp, k = self.layout.padded_shape[1], len(self.layout.real_k)
@@ -383,10 +368,17 @@ class Trainer:
         for a memory block whose program an earlier block compiled)."""
         return self._chunk_compiles
 
-    def _abstract_state(self) -> Any:
-        """The state's shapes, dtypes and placement, from the compiled init (nothing runs)."""
+    def abstract_state(self) -> Any:
+        """The state's shapes, dtypes and placement (``jax.ShapeDtypeStruct`` leaves with their
+        shardings), from the compiled init: nothing runs."""
         args = (self.init_keys, self.hparams)
         return self._compiled_once("init", self._init_fn, *args, llvm_level=1).out_info
+
+    def digests(self, state: GridState) -> list[str]:
+        """:func:`softcls_jax.digest.tree_digests` of ``state`` (padded, on the devices) as hex,
+        one per leaf: the same for any sharding. Integer-only, so compiled at -O0."""
+        fn = self._compiled_once("digest", self._digest_fn, state, llvm_level=0)
+        return digest.hex_digests(fn(state))
 
     def _abstract_indices(self, template: GridState, num_steps: int) -> Any:
         args = (self.data_keys, template.step, num_steps)
@@ -403,7 +395,7 @@ class Trainer:
         segment alike; the parameters after a segmented chunk are bitwise those of the whole
         chunk (tested). The lowered chunk is kept for :meth:`compile_ahead`.
         """
-        template = self._abstract_state()
+        template = self.abstract_state()
         n = next(self.chunk_sizes(first_step), 0)
         if n == 0:
             return None
@@ -429,7 +421,7 @@ class Trainer:
         evaluation on the state's abstract shapes, before any state exists; returns the bytes per
         device the larger of the chunk and the evaluation needs (None where the backend does not
         say). Nothing is allocated, so a grid too large for the device is found before it fails."""
-        template = self._abstract_state()
+        template = self.abstract_state()
         n = self.segment_steps or next(self.chunk_sizes(first_step), self.settings.eval_every)
         indices = self._abstract_indices(template, n)
         lowered = self._lowered[1] if self._lowered is not None and self._lowered[0] == n else None
