@@ -180,6 +180,11 @@ def test_other_optimizers_learn(optimizer):
         (lambda: engine.Layout(("ce",), (float("nan"),), (0,)), "finite number > 0"),
         (lambda: engine.Layout(("ce",), ("0.1",), (0,)), "must be a number"),
         (lambda: engine.Layout(("ce",), (0.1, 0.1), (0,)), "must not repeat"),
+        (lambda: engine.Layout(("ce",), ([0.1],), (0,)), r"learning rates must be numbers"),
+        (
+            lambda: engine.Layout(("ce",), (0.1,), (0,), {"weight_decay": ([0.0],)}),
+            r"weight_decay values must be numbers, got \[\[0.0\]\]",
+        ),
         (lambda: engine.Layout(("ce",), (0.1,), (-1,)), "seeds must be integers >= 0"),
         (lambda: engine.TrainSettings(optimizer="lbfgs"), "unknown optimizer 'lbfgs'"),
         (lambda: engine.TrainSettings(steps=0), "steps must be an integer >= 1"),

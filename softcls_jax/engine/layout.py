@@ -20,6 +20,7 @@ grid has the same shapes and trains through the same compiled program.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 from collections.abc import Callable, Mapping
@@ -28,6 +29,8 @@ from typing import Any
 import numpy as np
 
 from softcls_jax.optim import hyperparameter_rule
+
+F32_TINY, F32_MAX = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
 
 LossLike = str | Callable[..., Any]  # a registry name, or loss(logits, labels) -> (N,)
 
@@ -59,7 +62,7 @@ class Axis:
             return f"must be {self.rule}, got {value!r}"
         # float32 holds every value the program sees: none may become 0 or inf
         v = abs(float(value))
-        if v != 0 and not float(np.finfo(np.float32).tiny) <= v <= float(np.finfo(np.float32).max):
+        if v != 0 and not F32_TINY <= v <= F32_MAX:
             return f"{value!r} is outside float32's range"
         return None
 
@@ -188,6 +191,33 @@ def _is_int(x: object) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
+@functools.lru_cache(maxsize=64)
+def _check_distinct(what: str, values: tuple) -> None:
+    """``ValueError`` unless ``values`` is non-empty without repeats. Cached on the tuple: the
+    layouts derived from a grid (its memory blocks, its arrangement) share its tuples, and a grid
+    may have 10⁵ learning rates."""
+    if not values:
+        raise ValueError(f"a grid needs at least one of {what}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"{what} must not repeat, got {list(values)}")
+
+
+@functools.lru_cache(maxsize=64)
+def _check_axis_values(name: str, values: tuple) -> None:
+    """``ValueError`` naming the axis unless every value follows its rule (cached like
+    :func:`_check_distinct`)."""
+    rule = AXES["learning_rate"] if name == "learning_rate" else axis_rule(name)
+    for v in values:
+        if name == "learning_rate" and (
+            not isinstance(v, (int, float, np.integer, np.floating)) or isinstance(v, bool)
+        ):
+            raise ValueError(f"learning rate must be a number, got {v!r}")
+        problem = rule.problem(v)
+        if problem is not None:
+            what = "learning rate" if name == "learning_rate" else name
+            raise ValueError(f"{what} {problem}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Layout:
     """The configs of a grid and their arrangement on ``(S, K)`` axes.
@@ -242,16 +272,12 @@ class Layout:
             ("seeds", self.seeds),
         ] + [(f"{n} values", v) for n, v in axes]
         for what, values in checked:
-            if not values:
-                raise ValueError(f"a grid needs at least one of {what}")
-            if len(set(values)) != len(values):
-                raise ValueError(f"{what} must not repeat, got {list(values)}")
-        for lr in self.learning_rates:
-            if not isinstance(lr, (int, float, np.integer, np.floating)) or isinstance(lr, bool):
-                raise ValueError(f"learning rate must be a number, got {lr!r}")
-            problem = AXES["learning_rate"].problem(lr)
-            if problem is not None:
-                raise ValueError(f"learning rate {problem}")
+            try:
+                hash(values)  # the checks below are cached on the tuple
+            except TypeError:
+                raise ValueError(f"{what} must be numbers, got {list(values)}") from None
+            _check_distinct(what, values)
+        _check_axis_values("learning_rate", self.learning_rates)
         for seed in self.seeds:
             if not _is_int(seed) or not 0 <= seed < 2**32:
                 raise ValueError(f"seeds must be integers >= 0 (and < 2**32), got {seed!r}")
@@ -266,8 +292,7 @@ class Layout:
             if name in seen:
                 raise ValueError(f"axis {name!r} is given twice")
             seen.add(name)
-            for v in values:
-                axis_rule(name).check(v)
+            _check_axis_values(name, values)
             if name in LOSS_AXES and "square" not in names:
                 raise ValueError(f"axis {name!r} is read by the square loss only; add 'square'")
         for name in ("num_devices", "num_blocks"):
@@ -291,7 +316,7 @@ class Layout:
         """``("learning_rate", *other axes)``: the order of axis values inside a loss group."""
         return ("learning_rate", *(name for name, _ in self.axes))
 
-    @property
+    @functools.cached_property
     def axis_values(self) -> tuple[tuple[float, ...], ...]:
         return (
             tuple(map(float, self.learning_rates)),
