@@ -376,8 +376,9 @@ class Trainer:
 
     def digests(self, state: GridState) -> list[str]:
         """:func:`softcls_jax.digest.tree_digests` of ``state`` (padded, on the devices) as hex,
-        one per leaf: the same for any sharding. Integer-only, so compiled at -O0."""
-        fn = self._compiled_once("digest", self._digest_fn, state, llvm_level=0)
+        one per leaf: the same for any sharding. It reads the whole state, so it is compiled at
+        the default level, not -O0 like the small index program (docs/performance.md)."""
+        fn = self._compiled_once("digest", self._digest_fn, state)
         return digest.hex_digests(fn(state))
 
     def _abstract_indices(self, template: GridState, num_steps: int) -> Any:
