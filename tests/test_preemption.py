@@ -88,6 +88,35 @@ def test_sigterm_before_training_leaves_a_resumable_workdir(tmp_path):
     assert resumed["configs"] == reference["configs"]
 
 
+@pytest.mark.parametrize("signals", [1, 2])
+def test_sigterm_while_a_checkpoint_is_written_leaves_a_resumable_workdir(tmp_path, signals):
+    """A signal right after a chunk's line lands while its checkpoint (19 MB) is being written in
+    the background: one signal waits for it and exits 75; a second one, 50 ms later, kills the
+    process while it waits for its last save, leaving an uncommitted temporary the next run
+    removes. Both resume to the uninterrupted run."""
+    args = ["--loss=ce,mse", "--num_lrs=4", "--seeds=2", "--hidden=1024", "--steps=200"]
+    args += ["--eval_every=20", "--notensorboard"]
+    proc = _start(args, tmp_path / "stopped")
+    chunks = 0
+    for line in proc.stdout:
+        chunks += line.startswith("[")
+        if chunks == 2:
+            proc.send_signal(signal.SIGTERM)
+            if signals == 2:  # once the first is handled (the OS merges two pending ones)
+                time.sleep(0.05)
+                proc.send_signal(signal.SIGTERM)
+            break
+    output, _ = proc.communicate(timeout=120)
+    # the second signal lands in the final save (-SIGTERM) unless the run already exited (75)
+    assert proc.returncode in ((EXIT_PREEMPTED,) if signals == 1 else (EXIT_PREEMPTED, -15)), output
+    if signals == 1:
+        assert _step_of(tmp_path / "stopped") >= 40  # the chunk's save was waited for
+    resumed, out = _run(args, tmp_path / "stopped")
+    assert "resuming from the checkpoint at step" in out
+    reference, _ = _run(args, tmp_path / "reference")
+    assert resumed["configs"] == reference["configs"]
+
+
 def test_second_signal_exits_at_once():
     code = (
         "import os, signal, time\n"
