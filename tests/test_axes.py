@@ -85,7 +85,7 @@ def _plain_loop(config, seed, schedule):
     return params
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+@pytest.mark.parametrize("schedule", [pytest.param("cosine", marks=pytest.mark.slow), "constant"])
 def test_every_config_of_a_multi_axis_grid_equals_a_plain_optax_loop(schedule):
     axes = {
         "weight_decay": (0.0, 1e-2),

@@ -143,9 +143,9 @@ def test_conv_matmul_vmapped_over_kernels_equals_each_conv():
     ("kernel_size", "strides", "padding", "shape"),
     [
         ((5,), (2,), [(1, 1)], (6, 40, 1)),  # cnn1d: few windows, strided slices
-        ((3,), (2,), [(1, 2)], (4, 19, 5)),
+        pytest.param((3,), (2,), [(1, 2)], (4, 19, 5), marks=pytest.mark.slow),
         ((5, 5), (1, 1), [(2, 2), (2, 2)], (2, 12, 12, 1)),  # cnn2d: many windows, one gather
-        ((5, 5), (1, 1), "VALID", (3, 9, 8, 6)),
+        pytest.param((5, 5), (1, 1), "VALID", (3, 9, 8, 6), marks=pytest.mark.slow),
         ((3, 3), (2, 1), [(1, 0), (2, 1)], (3, 9, 7, 3)),  # gather with strides and padding
     ],
 )
@@ -227,11 +227,12 @@ def _nnx_reference(model_name, **kwargs):
     ("name", "make_kwargs", "ref_kwargs", "shape"),
     [
         ("cnn1d", {"in_features": 40}, {"length": 40, "num_classes": 10}, (5, 40)),
-        (
+        pytest.param(  # the general case below (3 channels, mean pooling) stays fast
             "cnn2d",
             {"in_features": 784, "image_shape": (28, 28, 1)},
             {"image_shape": (28, 28, 1), "num_classes": 10},
             (3, 784),
+            marks=pytest.mark.slow,
         ),
         (
             "cnn2d",

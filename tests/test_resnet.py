@@ -41,7 +41,10 @@ def reference_forward(params, x, image_shape, depth, eps=1e-5):
     return pooled @ params["head"]["kernel"] + params["head"]["bias"]
 
 
-@pytest.mark.parametrize(("shape", "depth", "width"), [((8, 8, 3), 8, 4), ((12, 10, 1), 14, 3)])
+@pytest.mark.parametrize(
+    ("shape", "depth", "width"),
+    [((8, 8, 3), 8, 4), pytest.param((12, 10, 1), 14, 3, marks=pytest.mark.slow)],
+)
 def test_resnet_equals_a_plain_lax_conv_implementation(shape, depth, width):
     model = models.make_model(
         "resnet", int(np.prod(shape)), 5, image_shape=shape, depth=depth, width=width

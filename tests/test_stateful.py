@@ -116,7 +116,7 @@ def engine_logits(run, model, s, k, x):
         (BNDropNet, "momentum"),
         (CallRngsNet, "adam"),
         (BNDropNet, "adamw"),
-        (CallRngsNet, "adamw"),
+        pytest.param(CallRngsNet, "adamw", marks=pytest.mark.slow),
         pytest.param(BNDropNet, "sgd", marks=pytest.mark.slow),
         pytest.param(CallRngsNet, "sgd", marks=pytest.mark.slow),
     ],
