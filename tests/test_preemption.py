@@ -88,7 +88,7 @@ def test_sigterm_before_training_leaves_a_resumable_workdir(tmp_path):
     assert resumed["configs"] == reference["configs"]
 
 
-@pytest.mark.parametrize("signals", [1, 2])
+@pytest.mark.parametrize("signals", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_sigterm_while_a_checkpoint_is_written_leaves_a_resumable_workdir(tmp_path, signals):
     """A signal right after a chunk's line lands while its checkpoint (19 MB) is being written in
     the background: one signal waits for it and exits 75; a second one, 50 ms later, kills the
