@@ -574,6 +574,9 @@ class Model:
         variables (``state`` is ``()`` for a stateless model); None if the model has no module.
       decay_kernels_only: whether weight decay touches only the kernels (not biases or BatchNorm
         scales) unless the settings say otherwise (``TrainSettings.weight_decay_mask``).
+      cpu_block: on one CPU device, train at most this many configs at a time, block after block
+        (:class:`~softcls_jax.engine.Trainer`'s ``block_configs``), chosen by measurement for the
+        model (docs/performance.md); None: the engine's default.
     """
 
     name: str
@@ -585,6 +588,7 @@ class Model:
     apply_eval: Callable[[Params, Any, Array], Array] | None = None
     module: Callable[[Params, Any], nnx.Module] | None = None
     decay_kernels_only: bool = False
+    cpu_block: int | None = None
 
     @property
     def stateful(self) -> bool:
@@ -684,7 +688,9 @@ def make_model(
 
     num_params = sum(leaf.size for leaf in jax.tree.leaves(abstract))
     module = lambda params, state=(): nnx.merge(graphdef, params)
-    return Model(name, init, apply, num_params, module=module)
+    # cnn1d's activations and patches (~0.5 MB per config at batch 100) overflow the caches at 64
+    cpu_block = 8 if name == "cnn1d" else None
+    return Model(name, init, apply, num_params, module=module, cpu_block=cpu_block)
 
 
 CNN1D_KERNELS = (5, 3, 3)  # the conv stack of CNN1D: each conv has stride 2 and padding 1
@@ -823,7 +829,9 @@ def from_nnx(build: Callable[[nnx.Rngs], nnx.Module], name: str = "custom") -> M
     # module as built; training vmaps over configs, where convolutions run as matmuls
     abstract.eval()
     eval_def, params, rest = nnx.split(abstract, nnx.Param, ...)
-    _convolutions_as_matmuls(abstract)
+    # a network of convolutions trains fastest one config at a time on a CPU: its im2col patches
+    # and activations stay in cache (docs/performance.md)
+    cpu_block = 1 if _convolutions_as_matmuls(abstract) else None
     num_params = sum(leaf.size for leaf in jax.tree.leaves(params))
     if not jax.tree.leaves(rest) and not takes_rngs:
         abstract.train()
@@ -839,8 +847,11 @@ def from_nnx(build: Callable[[nnx.Rngs], nnx.Module], name: str = "custom") -> M
         def module(params: Params, state: Any = ()) -> nnx.Module:
             return nnx.merge(eval_def, params)
 
-        return Model(name, init, apply, num_params, apply_eval=apply_eval, module=module)
-    return _stateful_nnx(build, name, abstract, eval_def, takes_rngs, num_params)
+        return Model(
+            name, init, apply, num_params, apply_eval=apply_eval, module=module, cpu_block=cpu_block
+        )
+    model = _stateful_nnx(build, name, abstract, eval_def, takes_rngs, num_params)
+    return dataclasses.replace(model, cpu_block=cpu_block)
 
 
 def _nnx_params(build: Callable[[nnx.Rngs], nnx.Module], key: Array) -> Params:
@@ -848,13 +859,17 @@ def _nnx_params(build: Callable[[nnx.Rngs], nnx.Module], key: Array) -> Params:
     return nnx.state(build(nnx.Rngs(key)), nnx.Param)
 
 
-def _convolutions_as_matmuls(module: nnx.Module) -> None:
+def _convolutions_as_matmuls(module: nnx.Module) -> int:
     """Every ``nnx.Conv`` of ``module`` that uses ``lax.conv_general_dilated`` computes with
     :func:`im2col_conv_general_dilated` instead (same parameters and values to float32 rounding):
-    the graph the engine merges into keeps it, the module ``build`` returns is untouched."""
+    the graph the engine merges into keeps it, the module ``build`` returns is untouched. Returns
+    how many were changed."""
+    changed = 0
     for _, sub in nnx.iter_modules(module):
         if isinstance(sub, nnx.Conv) and sub.conv_general_dilated is jax.lax.conv_general_dilated:
             sub.conv_general_dilated = im2col_conv_general_dilated
+            changed += 1
+    return changed
 
 
 MODE_ARGUMENTS = ("train", "training", "deterministic", "use_running_average", "is_training")

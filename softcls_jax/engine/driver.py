@@ -34,10 +34,9 @@ from softcls_jax.optim import make_optimizer
 from softcls_jax.preemption import Preempted, StopCheck
 
 # Configs per cache block on CPU, chosen by measurement (docs/performance.md): a block's parameters
-# and activations should stay in cache for the whole chunk. cnn1d's per-config activations are
-# larger than the MLP's, so fewer of them fit a block.
+# and activations should stay in cache for the whole chunk. A model whose per-config activations
+# are larger says how many fit (Model.cpu_block).
 CPU_BLOCK = 64
-MODEL_CPU_BLOCKS = {"cnn1d": 8}
 # A chunk longer than this (estimated from its FLOPs at a conservative rate, below) runs as shorter
 # segments when the run can be stopped (SIGTERM), so a stop is reached within a few seconds.
 SEGMENT_SECONDS = 2.0
@@ -130,7 +129,8 @@ class Trainer:
       model, dataset, layout, settings: what to train.
       devices: the devices whose mesh shards the configs; all of ``jax.devices()`` by default.
       block_configs: on one device, a chunk trains at most this many configs at a time, block after
-        block (0: all at once). Default: 64 on CPU (8 for ``cnn1d``), all at once elsewhere.
+        block (0: all at once). Default on CPU: the model's ``cpu_block`` (8 for ``cnn1d``, 1 for
+        a ``from_nnx`` module with convolutions), else 64; all at once elsewhere.
       compile_cache: compiled programs shared with other trainers of the same shapes (the memory
         blocks of one grid): each program compiles once for all of them.
 
@@ -180,7 +180,7 @@ class Trainer:
         self.model, self.dataset, self.settings = model, dataset, settings
         self.devices = list(jax.devices() if devices is None else devices)
         if block_configs is None:
-            cpu_block = MODEL_CPU_BLOCKS.get(model.name, CPU_BLOCK)
+            cpu_block = model.cpu_block or CPU_BLOCK
             block_configs = cpu_block if self.devices[0].platform == "cpu" else 0
         if not is_int(block_configs) or block_configs < 0:
             raise ValueError(f"block_configs must be an integer >= 0, got {block_configs!r}")
