@@ -36,6 +36,7 @@ ratios within one run, not across runs.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import pathlib
@@ -79,7 +80,10 @@ flags.DEFINE_bool(
 )
 flags.DEFINE_string("workdir", "runs/bench", "Output directory for bench.json.")
 flags.DEFINE_integer(
-    "rounds", 2, "Interleaved rounds of the contenders; the best round of each is reported."
+    "rounds",
+    3,
+    "Interleaved rounds of the contenders (per G for the CNN workloads); each timing is the median "
+    "of the rounds (these machines are noisy).",
 )
 flags.DEFINE_enum(
     "workload",
@@ -98,6 +102,22 @@ flags.DEFINE_integer(
 )
 
 CNN_STEPS = {"cnn1d": 1000, "cnn2d": 200, "user_cnn": 200, "resnet": 100}
+
+
+TIMINGS = ("wall_s", "compile_s", "run_s", "eval_s", "steady_s")
+
+
+def median_result(results: Sequence[dict | None]) -> dict | None:
+    """One contender's rounds as one result: each timing the median over the rounds, the rest
+    (accuracies: the same every round) from the first; None if it did not run."""
+    if any(r is None for r in results):
+        return None
+    out = dict(results[0])
+    for key in TIMINGS:
+        if key in out:
+            out[key] = float(np.median([r[key] for r in results]))
+    out["rounds"] = len(results)
+    return out
 
 
 def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -453,6 +473,7 @@ def run_cnn_naive_jax(name: str, dataset, num_configs: int, steps: int, params0,
             params, opt_state = compiled(params, opt_state, x_train[idx], y_train[idx], lr)
         t0 = time.perf_counter()
         accuracies.append(_accuracy(np.asarray(predict(params, dataset.x_test)), dataset.y_test))
+        jax.block_until_ready(predict(params, dataset.x_train))  # the sweep evaluates it too
         eval_s += time.perf_counter() - t0
     wall = time.perf_counter() - start
     return {
@@ -496,6 +517,9 @@ def run_cnn_torch(
 def main_cnn(name: str, quick: bool) -> None:
     """``--workload=cnn1d|cnn2d``: the sweep, naive JAX and the PyTorch loop at each G, interleaved."""
     steps = FLAGS.steps or (100 if quick else CNN_STEPS[name])
+    rounds = 1 if quick else FLAGS.rounds
+    if rounds < 1:
+        fail("--rounds: must be >= 1")
     try:
         sizes = tuple(int(g) for g in FLAGS.configs.split(","))
         workdir = make_workdir(FLAGS.workdir)
@@ -529,15 +553,20 @@ def main_cnn(name: str, quick: bool) -> None:
         params0, state0 = jax.tree.map(lambda a: a[0, 0], (state.params, state.model_state))
         batches = batch_stream(reference, steps)
         torch_args = (name, dataset, g, steps, params0, batches, state0)
-        results = {
-            "sweep": run_cnn_sweep(name, dataset, g, steps),
+        naive = functools.partial(run_cnn_naive_jax, name, dataset, g, steps, params0, batches)
+        contenders = {
+            "sweep": functools.partial(run_cnn_sweep, name, dataset, g, steps),
             # naive JAX's step is a stateless model's apply
-            "naive_jax": None
-            if reference.model.stateful
-            else run_cnn_naive_jax(name, dataset, g, steps, params0, batches),
-            "torch_loop": run_cnn_torch("torch_loop", *torch_args),
-            "torch_func": run_cnn_torch("torch_func", *torch_args),
+            "naive_jax": (lambda: None) if reference.model.stateful else naive,
+            "torch_loop": functools.partial(run_cnn_torch, "torch_loop", *torch_args),
+            "torch_func": functools.partial(run_cnn_torch, "torch_func", *torch_args),
         }
+        runs: dict[str, list[dict | None]] = {c: [] for c in contenders}
+        for r in range(rounds):  # interleaved: the machine's drift touches every contender alike
+            for contender, fn in contenders.items():
+                runs[contender].append(fn())
+            print(f"G = {g}: round {r + 1} of {rounds} done", flush=True)
+        results = {c: median_result(rs) for c, rs in runs.items()}
         sweep = results["sweep"]
         print(header if g == sizes[0] else "", flush=True)
         for contender, r in results.items():
@@ -569,8 +598,8 @@ def main_cnn(name: str, quick: bool) -> None:
                 flush=True,
             )
     print(
-        "\neval s: of run s, the time spent evaluating (the sweep: every config on the test and "
-        "train splits at the end; the others: the test split at the end); "
+        "\neval s: of run s, the time spent evaluating every config on the test and training "
+        "splits at the end (every contender: the same work as the sweep's evaluation); "
         "cfg·ex/s: configs × examples / wall s (compile included); sweep ×: the contender's "
         "wall over the sweep's; GFLOP/s and % peak: the sweep's steady re-run of its compiled "
         "chunk, the others' training loop without compile; max Δacc: the largest per-config "
@@ -738,17 +767,12 @@ def main(argv: Sequence[str]) -> None:
         "torch_bmm": lambda: run_torch_bmm(dataset, 8, steps, params0, batches),
         "torch_func": lambda: run_torch_func(dataset, 8, steps, params0, batches),
     }
-    best: dict[str, dict | None] = {}
+    runs: dict[str, list[dict | None]] = {name: [] for name in contenders}
     for r in range(rounds):
         for name, fn in contenders.items():
-            result = fn()
-            if result is not None and (
-                best.get(name) is None or result["wall_s"] < best[name]["wall_s"]
-            ):
-                best[name] = result
-            elif name not in best:
-                best[name] = None
+            runs[name].append(fn())
             print(f"round {r + 1}: {name} done", flush=True)
+    best = {name: median_result(results) for name, results in runs.items()}
     sweep = best["sweep"]
     rows = []
     print(

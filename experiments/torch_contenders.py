@@ -258,6 +258,16 @@ def _accuracy(logits, labels: np.ndarray) -> float:
     return float(np.mean(np.argmax(logits.numpy(), -1) == labels))
 
 
+EVAL_CHUNK = 1000  # examples per forward pass when evaluating (a vmapped ensemble's activations)
+
+
+def _forward(forward: Callable[[Any], Any], x, torch) -> Any:
+    """``forward`` over ``x`` in chunks of :data:`EVAL_CHUNK` examples, concatenated on the
+    examples' axis (the last but one: ``(N, C)``, or ``(G, N, C)`` for an ensemble)."""
+    parts = [forward(x[i : i + EVAL_CHUNK]) for i in range(0, x.shape[0], EVAL_CHUNK)]
+    return torch.cat(parts, dim=-2)
+
+
 def train_loop(
     torch,
     make_net: Callable[[], Any],
@@ -270,7 +280,8 @@ def train_loop(
     batches: np.ndarray,
 ) -> dict:
     """Per config ``(loss, learning rate)``: a fresh net from ``make_net``, ``torch.optim.SGD`` or
-    ``Adam``, the ``batches (steps, B)`` in order; test accuracy in eval mode at the end."""
+    ``Adam``, the ``batches (steps, B)`` in order; at the end, in eval mode, the test accuracy, and
+    the logits of the training split (the work the sweep's evaluation does too)."""
     idx_all = torch.from_numpy(batches.astype(np.int64))
     accuracies, eval_s = [], 0.0
     start = time.perf_counter()
@@ -287,7 +298,9 @@ def train_loop(
             opt.step()
         t0 = time.perf_counter()
         with torch.no_grad():
-            accuracies.append(_accuracy(net.eval()(x_test), y_test))
+            net.eval()
+            accuracies.append(_accuracy(_forward(net, x_test, torch), y_test))
+            _forward(net, x, torch)
         eval_s += time.perf_counter() - t0
     return _result(start, eval_s, accuracies)
 
@@ -344,10 +357,11 @@ def train_func(
                 w.sub_(r * (mi / c1) / ((vi / c2).sqrt() + ADAM["eps"]))
     t0 = time.perf_counter()
     base.eval()
+    trained = dict(zip(names, tensors, strict=True))
     with torch.no_grad():
-        logits = torch.vmap(forward, in_dims=(0, 0, None))(
-            dict(zip(names, tensors, strict=True)), buffers, x_test
-        )
+        ensemble = lambda xb: torch.vmap(forward, in_dims=(0, 0, None))(trained, buffers, xb)
+        logits = _forward(ensemble, x_test, torch)
+        _forward(ensemble, x, torch)  # the training split, as the sweep's evaluation does
     accuracies = [_accuracy(logits[i], y_test) for i in range(g)]
     eval_s = time.perf_counter() - t0
     return _result(start, eval_s, accuracies)
