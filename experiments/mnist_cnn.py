@@ -17,6 +17,12 @@ standardised); 10 % of the training split, stratified, is the validation split. 
    CE in 1; width multiplies every conv's channels and every dense width (6·w, 16·w; 120·w, 84·w);
    depth is the number of hidden dense layers (1: 120; 2: 120-84, LeNet-5; 3: 120-84-84; …). Each
    architecture is its own grid of seeds; test ECE before and after temperature scaling.
+4. A residual network with BatchNorm and augmentation: the ``resnet`` model (depth 8, first stage 8
+   channels; :mod:`softcls_jax.resnet`), Adam, batch 100, training minibatches randomly cropped
+   after 4-pixel zero padding (``--augment=crop``; no flips: a mirrored digit is another glyph or
+   none). CE, square loss and MSE × the rates × seeds in one grid, each loss's rate chosen on
+   validation as in 1 (BatchNorm in evaluation mode, running statistics); test only reported.
+   ``--resnet_steps=0`` skips it.
 """
 
 from __future__ import annotations
@@ -47,11 +53,25 @@ flags.DEFINE_list(
     "depths", ["1", "2", "3", "4"], "Hidden dense layers of the depth study (2: LeNet-5)."
 )
 flags.DEFINE_string("study_seeds", "2", "Seeds per architecture of the width and depth study.")
+flags.DEFINE_string(
+    "resnet_steps",
+    "1000",
+    "Adam steps of the ResNet comparison (1,000: about 28 epochs; 0 skips it).",
+)
+flags.DEFINE_list(
+    "resnet_lrs",
+    ["0.0003", "0.001", "0.003"],
+    "Adam learning rates of the ResNet comparison, chosen per loss on validation.",
+)
+flags.DEFINE_string("resnet_seeds", "2", "Seeds per setting of the ResNet comparison.")
+flags.DEFINE_string("resnet_depth", "8", "Depth of the ResNet (6n + 2: 8, 14, 20, ...).")
+flags.DEFINE_string("resnet_width", "8", "Channels of the ResNet's first stage (then 2x, 4x).")
 flags.DEFINE_string("workdir", "runs/mnist_cnn", "Output directory.")
 
 BATCH, VAL_FRACTION, DATA_SEED = 100, 0.1, 0
 CHANNELS, HIDDEN = (6, 16), (120, 84)
 SQUARE_PARITY = 1.0  # Hui & Belkin: square loss within about a point of CE on MNIST
+RESNET_AUGMENT = "crop"  # digits are not mirror-symmetric: crops, no flips
 
 
 def architecture(width: float = 1.0, depth: int = 2) -> dict:
@@ -158,6 +178,52 @@ def study(dataset, losses, lrs, seeds, steps, widths, depths, study_seeds, progr
     }
 
 
+def resnet_study(
+    dataset: data.Dataset,
+    losses: Sequence[str],
+    lrs: Sequence[float],
+    seeds: int,
+    steps: int,
+    depth: int,
+    width: int,
+) -> dict:
+    """Part 4: the ResNet with BatchNorm and crop augmentation, every loss × rate × seed in one
+    grid; per loss the rate chosen on validation, test reported."""
+    model = models.make_model(
+        "resnet",
+        dataset.num_features,
+        dataset.num_classes,
+        image_shape=dataset.image_shape,
+        depth=depth,
+        width=width,
+    )
+    layout = engine.Layout(tuple(losses), tuple(lrs), tuple(range(seeds)))
+    settings = engine.TrainSettings(
+        "adam", steps, BATCH, max(steps // 5, 1), data_seed=DATA_SEED, augment=RESNET_AUGMENT
+    )
+    trained = runner.run(model, dataset, layout, settings)
+    records = trained.document["configs"]
+    return {
+        "settings": {
+            "model": "resnet",
+            "depth": depth,
+            "width": width,
+            "params": model.num_params,
+            "augment": RESNET_AUGMENT,
+            "optimizer": "adam",
+            "batch_size": BATCH,
+            "steps": steps,
+            "seeds": seeds,
+            "learning_rates": list(lrs),
+        },
+        "selection": results.selection(records, "val"),
+        "accuracy_table": results.accuracy_table(records, "val"),
+        "losses": results.best_per_loss(records, "val"),
+        "diverged": sum(r["diverged"] for r in records),
+        "wall_s": trained.document["timing"]["wall_s"],
+    }
+
+
 def parity(document: dict) -> dict | None:
     """Square loss's test accuracy minus CE's (points), at their chosen rates; None without both."""
     acc = {b["loss"]: b["test_accuracy"] for b in document["losses"]}
@@ -218,6 +284,11 @@ def main(argv: Sequence[str]) -> None:
         widths = numbers("widths", FLAGS.widths)
         depths = numbers("depths", FLAGS.depths, int)
         study_seeds = number("study_seeds", FLAGS.study_seeds, int, minimum=1)
+        resnet_steps = number("resnet_steps", FLAGS.resnet_steps, int, minimum=0)
+        resnet_lrs = numbers("resnet_lrs", FLAGS.resnet_lrs)
+        resnet_seeds = number("resnet_seeds", FLAGS.resnet_seeds, int, minimum=1)
+        resnet_depth = number("resnet_depth", FLAGS.resnet_depth, int, minimum=8)
+        resnet_width = number("resnet_width", FLAGS.resnet_width, int, minimum=1)
         if any(w <= 0 for w in widths):
             raise FlagError("widths", f"each must be > 0, got {list(widths)}")
         if any(d < 1 for d in depths):
@@ -239,8 +310,20 @@ def main(argv: Sequence[str]) -> None:
                 study_seeds,
                 progress=lambda m: print(m, flush=True),
             )
+            if resnet_steps:
+                document["resnet"] = resnet_study(
+                    dataset,
+                    tuple(FLAGS.losses),
+                    resnet_lrs,
+                    resnet_seeds,
+                    resnet_steps,
+                    resnet_depth,
+                    resnet_width,
+                )
+                print(f"done: resnet ({document['resnet']['wall_s']:.0f} s)", flush=True)
         except ValueError as e:
-            raise FlagError("losses" if "loss" in str(e) else "lrs", str(e)) from None
+            flag = "losses" if "loss" in str(e) else "resnet_depth" if "resnet" in str(e) else "lrs"
+            raise FlagError(flag, str(e)) from None
     except FlagError as e:
         fail(str(e))
     print(f"\nselection: {document['selection']['rule']}\n")
@@ -275,6 +358,20 @@ def main(argv: Sequence[str]) -> None:
             f"{r['width']:>5g} {r['depth']:>5} {r['params']:>8} {100 * r['accuracy_before']:>7.2f}% "
             f"{r['ece_before']:>6.4f}±{r['ece_before_std']:.4f} {r['ece_after']:>9.4f}"
         )
+    if "resnet" in document:
+        rs = document["resnet"]["settings"]
+        print(
+            f"\nResNet-{rs['depth']} (width {rs['width']}, {rs['params']} params, BatchNorm, "
+            f"augment={rs['augment']}), {rs['steps']} Adam steps, {rs['seeds']} seeds:"
+        )
+        print(
+            f"{'loss':<8} {'lr':>7} {'val acc':>8} {'test acc':>8} {'test NLL':>8} {'test ECE':>8}"
+        )
+        for b in document["resnet"]["losses"]:
+            print(
+                f"{b['loss']:<8} {b['learning_rate']:>7g} {100 * b['val_accuracy']:>7.2f}% "
+                f"{100 * b['test_accuracy']:>7.2f}% {b['test_nll']:>8.3f} {b['test_ece']:>8.4f}"
+            )
     figure(document, workdir / "mnist_cnn.png")
     document = {k: v for k, v in document.items() if not k.startswith("_")}
     document["parity"] = parity(document)

@@ -178,6 +178,10 @@ def test_report_renders_the_mnist_sections(tmp_path):
                 "--widths=1",
                 "--depths=2",
                 "--study_seeds=1",
+                "--resnet_steps=4",
+                "--resnet_lrs=0.001",
+                "--resnet_seeds=1",
+                "--resnet_width=2",
             ],
         ),
     ):
@@ -198,4 +202,8 @@ def test_report_renders_the_mnist_sections(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "| original | gru | ce |" in report and "| shuffled | linear | ce |" in report
     assert "8. MNIST with the 2-D CNN" in report and "Square loss − CE" in report
+    resnet = mc["resnet"]
+    assert resnet["settings"]["augment"] == "crop" and resnet["selection"]["on"] == "val"
+    assert {b["loss"] for b in resnet["losses"]} == {"ce", "square"}
+    assert "| ResNet: loss |" in report and "ResNet-8 with BatchNorm" in report
     assert "![mnist cnn](mnist_cnn/mnist_cnn.png)" in report
