@@ -28,4 +28,6 @@ def edit(workdir: pathlib.Path, change: Callable[[Any, list[dict]], tuple[Any, l
         restored = ckpt.restore()
     state, history = change(jax.device_get(restored.state), restored.history)
     shutil.rmtree(directory)
-    checkpoint.write(directory, state, history, trainer.layout)
+    checkpoint.write(
+        directory, state, history, trainer.layout, restored.pending, restored.segment_steps
+    )

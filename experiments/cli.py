@@ -76,7 +76,9 @@ def quiet_logs() -> None:
 
 def _not_orbax(record: logging.LogRecord) -> bool:
     """orbax-checkpoint logs through absl, errors with their tracebacks from its writer threads
-    too; the sweep reports a failed checkpoint in one line of its own."""
+    too, and raises the same errors to the caller: the sweep reports a failed checkpoint in one
+    line of its own. What orbax only logs (e.g. an old step it could not delete) is shown with
+    ``--verbosity``, which installs no filter."""
     return f"{os.sep}orbax{os.sep}" not in record.pathname
 
 

@@ -11,7 +11,7 @@ per saved step, the last one kept. Each step holds three items:
   and, for a checkpoint written on a signal in the middle of a chunk
   (:mod:`softcls_jax.preemption`), that chunk's running sums (numpy, written by process 0).
 * ``meta``: the format, the step, the steps per compiled segment, and per state leaf its path,
-  shape, dtype and :mod:`digest <softcls_jax.digest>`, with the sha256 of the history.
+  shape, dtype and :mod:`digest <softcls_jax.digest>`, with the sha256 of the history and its own.
 
 Saving is asynchronous: :meth:`Checkpointer.save` returns once orbax has copied the state off the
 devices, so the next chunk can take (donate) their buffers while the files are written in the
@@ -22,10 +22,13 @@ the directory is next opened. Random streams need no saving: the engine derives 
 ``(seed, step)``, so a restored state continues exactly where it stopped.
 
 Checks on restore (a :class:`CheckpointError` naming what is wrong, never a resumed wrong state):
-unreadable or truncated files; the format; the history's sha256; every state leaf's path, shape and
-dtype against this grid; every leaf's digest (orbax checks shard indices, not array data: a flipped
+unreadable or truncated files; the format; the sha256 of the metadata and of the history; every
+state leaf's path, shape and dtype against this grid; every leaf's digest (orbax checks shard indices, not array data: a flipped
 byte reads back as wrong numbers otherwise); the step against the history, the history against
-``eval_every``, and every config's hyperparameters against the spec's.
+``eval_every`` (and the segment steps against both), and every config's hyperparameters against the
+spec's. A state that does not fit the devices is a
+:class:`~softcls_jax.memory.MemoryBudgetError`, a failing file system an ``OSError``: neither is
+called a corrupted checkpoint.
 
 A checkpoint does not depend on the number of devices: written on 4 devices, it resumes on 1 (its
 arrays are then read whole, cut to the real configs and padded again for this run's devices).
@@ -36,19 +39,23 @@ orbax's ``epath`` reads): each writes its own shards there. The earlier format, 
 
 from __future__ import annotations
 
-import errno
+import contextlib
 import hashlib
+import json
+import math
 import os
 import pathlib
 import re
+import shutil
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from softcls_jax import digest
+from softcls_jax import digest, memory
 from softcls_jax.engine import METRICS, GridState, Layout, TrainSettings
 
 if TYPE_CHECKING:
@@ -92,6 +99,24 @@ def legacy_files(directory: str | os.PathLike) -> list[pathlib.Path]:
     return sorted(pathlib.Path(directory).glob(LEGACY))
 
 
+def directories(workdir: str | os.PathLike) -> list[pathlib.Path]:
+    """The checkpoint directories of a workdir: :data:`DIRECTORY`, and its :func:`sibling` per part
+    of a run (``checkpoint.archI``, ``checkpoint.blockJ``, ``checkpoint.archI.blockJ``)."""
+    return sorted(
+        p
+        for p in pathlib.Path(workdir).glob(f"{DIRECTORY}*")
+        if p.is_dir() and (p.name == DIRECTORY or p.name.startswith(f"{DIRECTORY}."))
+    )
+
+
+class Peeked(NamedTuple):
+    """What a checkpoint's metadata says before its arrays are read: the step it resumes from
+    and its steps per compiled segment."""
+
+    step: int
+    segment_steps: int | None
+
+
 class Checkpointer:
     """Saves and restores the checkpoints of one trainer's grid in ``directory``.
 
@@ -107,16 +132,26 @@ class Checkpointer:
       trainer: the grid's trainer: its layout, placement and compiled digest program.
       asynchronous: write in the background (default); False waits for every save (a benchmark's
         baseline).
+      fresh: the run starts from scratch: a checkpoint the directory holds (of an earlier run) is
+        removed at the first save, before anything is written. Without it, a directory holding a
+        later step than a save's is an error (orbax would skip the save).
 
     Attributes:
       blocked_seconds: time :meth:`save`, :meth:`restore` and :meth:`close` held the caller: what
         checkpointing cost the training loop.
     """
 
-    def __init__(self, directory: str | os.PathLike, trainer: Trainer, asynchronous: bool = True):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        trainer: Trainer,
+        asynchronous: bool = True,
+        fresh: bool = False,
+    ):
         self.directory = pathlib.Path(directory)
         self.trainer = trainer
         self.asynchronous = asynchronous
+        self.fresh = fresh
         self.blocked_seconds = 0.0
         self._manager: ocp.CheckpointManager | None = None
         self._step: int | None = None  # the step saved or restored last: saving it again is a no-op
@@ -124,11 +159,13 @@ class Checkpointer:
     def __enter__(self) -> Checkpointer:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: Any, error: BaseException | None, traceback: Any) -> None:
+        self.close(error)
 
     def _open(self) -> ocp.CheckpointManager:
         if self._manager is None:
+            if self.fresh:
+                self._clear()
             self._manager = _manager(
                 self.directory,
                 max_to_keep=1,
@@ -136,6 +173,16 @@ class Checkpointer:
                 enable_async_checkpointing=self.asynchronous,
             )
         return self._manager
+
+    def _clear(self) -> None:
+        """Removes an earlier run's checkpoint (process 0; the others wait for it)."""
+        self.fresh = False
+        if jax.process_index() == 0 and self.directory.exists():
+            shutil.rmtree(self.directory)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"softcls checkpoint clear {self.directory}")
 
     # ---------------------------------------------------------------- saving
 
@@ -156,10 +203,15 @@ class Checkpointer:
             return
         digests = self.trainer.digests(state)
         args = _items(state, digests, history, self.trainer.layout, pending, segment_steps)
-        try:
-            self._open().save(step, args=args)  # also raises what the previous save's writing did
-        except Exception as e:
-            raise self._write_error(e) from None
+        manager = self._open()
+        with self._write_errors():
+            saved = manager.save(step, args=args)  # also raises what the previous save's write did
+        if not saved:
+            raise CheckpointError(
+                f"checkpoint {self.directory} holds step {manager.latest_step()}, beyond step "
+                f"{step} of this run, which orbax would not overwrite: it is another run's; "
+                "remove it (or resume that run)"
+            )
         self._step = step
         self.blocked_seconds += time.perf_counter() - start
 
@@ -168,30 +220,48 @@ class Checkpointer:
         if self._manager is not None:
             start = time.perf_counter()
             try:
-                self._manager.wait_until_finished()
-            except Exception as e:
-                raise self._write_error(e) from None
+                with self._write_errors():
+                    self._manager.wait_until_finished()
             finally:
                 self.blocked_seconds += time.perf_counter() - start
 
-    def _write_error(self, e: Exception) -> OSError:
-        """orbax's error of a failed write as an ``OSError`` (its errno where orbax names one,
-        e.g. ENOSPC), naming the checkpoint; the last committed checkpoint is still there."""
-        if isinstance(e, OSError):
-            return e
-        code = re.search(r"os_error_code='(\d+)'", str(e))
-        number = int(code.group(1)) if code else errno.EIO
-        detail = "writing the checkpoint" if code else f"writing the checkpoint: {_first_line(e)}"
-        return OSError(number, f"{os.strerror(number)} ({detail})", str(self.directory))
+    @contextlib.contextmanager
+    def _write_errors(self) -> Iterator[None]:
+        """orbax reports a failing file system (tensorstore's ``os_error_code``, e.g. ENOSPC) as a
+        ``ValueError``: raised as the ``OSError`` it is, naming the checkpoint (the last committed
+        one is still there). Any other error propagates as it is."""
+        try:
+            yield
+        except OSError:
+            raise
+        except Exception as e:
+            code = re.search(r"os_error_code='(\d+)'", str(e))
+            if code is None:
+                raise
+            number = int(code.group(1))
+            raise OSError(
+                number, f"{os.strerror(number)} (writing the checkpoint)", str(self.directory)
+            ) from None
 
-    def close(self) -> None:
-        """Waits for a save in flight, then releases orbax's threads."""
-        if self._manager is not None:
-            try:
-                self.wait()
-            finally:
-                self._manager.close()
-                self._manager = None
+    def close(self, unwinding: BaseException | None = None) -> None:
+        """Waits for a save in flight, then releases orbax's threads. While ``unwinding`` (an
+        exception on its way out, e.g. from the training loop), a failed write does not replace
+        it: it is attached to it as a note."""
+        if self._manager is None:
+            return
+        try:
+            self.wait()
+        except Exception as e:
+            if unwinding is None:
+                self._release()
+                raise
+            unwinding.add_note(f"and the checkpoint in flight was not written: {_first_line(e)}")
+        self._release()
+
+    def _release(self) -> None:
+        manager, self._manager = self._manager, None
+        with contextlib.suppress(Exception):  # orbax's close waits again: wait() reported it
+            manager.close()
 
     # ---------------------------------------------------------------- restoring
 
@@ -213,35 +283,67 @@ class Checkpointer:
         if not committed(self.directory):
             return None
         start = time.perf_counter()
-        # a manager of its own: orbax binds an item to the handler it first restored it with
-        reader = _manager(self.directory, read_only=True, create=False)
-        try:
+        with self._reader() as reader:
             restored = self._restore(reader, layout, settings)
-        finally:
-            reader.close()
         self._step = int(np.asarray(restored.state.step))
         self.blocked_seconds += time.perf_counter() - start
         return restored
+
+    def peek(self) -> Peeked | None:
+        """The step and segment steps of the checkpoint (None if there is none), from its checked
+        metadata alone: what planning a resumed run needs before its state is on the devices."""
+        if not committed(self.directory):
+            return None
+        with self._reader() as reader:
+            meta = self._meta(reader, reader.latest_step())
+        segment = meta.get("segment_steps")
+        return Peeked(int(meta["step"]), None if segment is None else int(segment))
+
+    def _reader(self) -> ocp.CheckpointManager:
+        """A manager of its own for reading: orbax binds an item to the handler it first used."""
+        return _manager(self.directory, read_only=True, create=False)
+
+    def _read(self, manager: ocp.CheckpointManager, step: int, **items: Any) -> Any:
+        """orbax's restore of ``items``: an unreadable file is a :class:`CheckpointError`, the file
+        system's own failure an ``OSError``, a state too large for the devices a
+        :class:`~softcls_jax.memory.MemoryBudgetError`."""
+        try:
+            return manager.restore(step, args=ocp.args.Composite(**items))
+        except OSError:
+            raise
+        except jax.errors.JaxRuntimeError as e:
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            raise memory.MemoryBudgetError(
+                f"the checkpoint at {self.directory} does not fit the devices ({_first_line(e)}); "
+                "resume it on larger ones"
+            ) from None
+        except Exception as e:  # a truncated or garbled file
+            raise CheckpointError(
+                f"checkpoint {self.directory} is unreadable: {_first_line(e)}"
+            ) from None
+
+    def _meta(self, manager: ocp.CheckpointManager, step: int) -> dict:
+        """The metadata item, checked: the format and its own sha256."""
+        meta = dict(self._read(manager, step, meta=ocp.args.JsonRestore()).meta)
+        if meta.get("format") != FORMAT:
+            raise CheckpointError(
+                f"checkpoint {self.directory} is unreadable: not a softcls-jax checkpoint of this "
+                "version"
+            )
+        if _meta_sha256(meta) != meta.get("meta_sha256"):
+            raise CheckpointError(
+                f"checkpoint {self.directory} is corrupted: its metadata does not match its sha256"
+            )
+        return meta
 
     def _restore(
         self, manager: ocp.CheckpointManager, layout: Layout | None, settings: TrainSettings | None
     ) -> Restored:
         where = self.directory
         step = manager.latest_step()
-        try:
-            items = manager.restore(
-                step,
-                args=ocp.args.Composite(
-                    meta=ocp.args.JsonRestore(), history=ocp.args.StandardRestore()
-                ),
-            )
-            meta, records = dict(items.meta), dict(items.history)
-        except Exception as e:  # any unreadable file reads as "cannot use this checkpoint"
-            raise CheckpointError(f"checkpoint {where} is unreadable: {_first_line(e)}") from None
-        if meta.get("format") != FORMAT:
-            raise CheckpointError(
-                f"checkpoint {where} is unreadable: not a softcls-jax checkpoint of this version"
-            )
+        meta = self._meta(manager, step)
+        records = dict(self._read(manager, step, history=ocp.args.StandardRestore()).history)
         if _sha256(records) != meta.get("history_sha256"):
             raise CheckpointError(
                 f"checkpoint {where} is corrupted: its history does not match its sha256"
@@ -267,9 +369,7 @@ class Checkpointer:
             to_numpy = True
         state = self._restore_state(manager, step, target, to_numpy)
         digests = (
-            digest.hex_digests(jax.jit(digest.tree_digests)(state))
-            if to_numpy
-            else trainer.digests(state)
+            digest.hex_digests(digest.numpy_digests(state)) if to_numpy else trainer.digests(state)
         )
         for leaf, d in zip(meta["leaves"], digests, strict=True):
             if d != leaf["digest"]:
@@ -304,16 +404,12 @@ class Checkpointer:
     def _restore_state(
         self, manager: ocp.CheckpointManager, step: int, target: Any, to_numpy: bool
     ) -> Any:
-        where = self.directory
         if to_numpy:
             restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
         else:  # onto the shardings of ``target``
             restore_args = ocp.checkpoint_utils.construct_restore_args(target)
         args = ocp.args.PyTreeRestore(target, restore_args=restore_args)
-        try:
-            return manager.restore(step, args=ocp.args.Composite(state=args)).state
-        except Exception as e:
-            raise CheckpointError(f"checkpoint {where} is unreadable: {_first_line(e)}") from None
+        return self._read(manager, step, state=args).state
 
 
 def write(
@@ -326,8 +422,14 @@ def write(
 ) -> None:
     """Writes a checkpoint of ``state`` (any arrays, e.g. numpy; padded as ``layout``, the layout
     as arranged by a trainer) synchronously, from one process: for tests and tools that write
-    checkpoints by hand (the battery's corrupted ones). Training saves with :class:`Checkpointer`."""
-    digests = digest.hex_digests(jax.jit(digest.tree_digests)(state))
+    checkpoints by hand (the battery's corrupted ones). Training saves with :class:`Checkpointer`.
+
+    Raises:
+      ValueError: ``directory`` already holds a checkpoint.
+    """
+    if committed(directory):
+        raise ValueError(f"{directory} already holds a checkpoint")
+    digests = digest.hex_digests(digest.numpy_digests(state))
     args = _items(state, digests, history, layout, pending, segment_steps)
     with _manager(directory, enable_async_checkpointing=False) as manager:
         manager.save(int(np.asarray(state.step)), args=args)
@@ -357,6 +459,7 @@ def _items(
         "leaves": leaves,
         "history_sha256": _sha256(records),
     }
+    meta["meta_sha256"] = _meta_sha256(meta)
     return ocp.args.Composite(
         state=ocp.args.PyTreeSave(state),
         history=ocp.args.StandardSave(records),
@@ -404,6 +507,12 @@ def _sha256(records: dict[str, Any]) -> str:
         h.update(f"{name} {a.dtype.str} {a.shape}\n".encode())
         h.update(a.tobytes())
     return h.hexdigest()
+
+
+def _meta_sha256(meta: dict) -> str:
+    """sha256 of the metadata's canonical JSON, its own sha256 left out."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def _check_leaves(where: Any, saved: list[dict], template: Any, k_saved: int, k: int) -> None:
@@ -479,6 +588,11 @@ def _check(
                 raise bad(f"has running sums of {m} of shape {list(pending[m].shape)}")
     if settings is not None:
         every, total = settings.eval_every, settings.steps
+        if segment is not None and math.gcd(every, total) % segment:
+            raise bad(
+                f"records {segment} steps per segment, which do not divide its chunks "
+                f"(eval_every {every}, steps {total})"
+            )
         expected = [min(i * every, total) for i in range(len(recorded))]
         if recorded != expected or not 0 <= step <= total:
             raise bad(

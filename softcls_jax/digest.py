@@ -78,6 +78,38 @@ def tree_digests(tree: Any) -> jax.Array:
     return jnp.stack([leaf_digest(x) for x in leaves])
 
 
+def _fmix_np(h: np.ndarray) -> np.ndarray:
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
+
+
+def numpy_digests(tree: Any) -> np.ndarray:
+    """:func:`tree_digests` in numpy, on the host: for arrays read whole (a checkpoint restored on
+    another number of devices), which then need no device memory. The same values."""
+    out = []
+    for x in jax.tree.leaves(tree):
+        x = np.asarray(x)
+        if x.dtype == np.bool_:
+            w = x.astype(np.uint32)
+        elif x.dtype.itemsize in (4, 8):
+            w = np.ascontiguousarray(x).view(np.uint32)  # 8-byte: two words, low one first
+            w = w.reshape(*x.shape, 2) if x.dtype.itemsize == 8 else w.reshape(x.shape)
+        else:
+            unsigned = {1: np.uint8, 2: np.uint16}[x.dtype.itemsize]
+            w = np.ascontiguousarray(x).view(unsigned).astype(np.uint32)
+        index = np.arange(w.size, dtype=np.uint64).astype(np.uint32)  # modulo 2**32
+        with np.errstate(over="ignore"):
+            sums = [
+                np.sum(_fmix_np(_fmix_np(index ^ np.uint32(s)) ^ w.reshape(-1)), dtype=np.uint32)
+                for s in SEEDS
+            ]
+        out.append(sums)
+    return np.asarray(out, np.uint32).reshape(-1, 2)
+
+
 def hex_digests(digests: Any) -> list[str]:
     """Each row of a :func:`tree_digests` result as 16 hex digits."""
     return [f"{int(a):08x}{int(b):08x}" for a, b in np.asarray(digests, np.uint32)]

@@ -87,21 +87,22 @@ def run(
 
     A layout with architecture axes (``width``, ``depth``: :mod:`softcls_jax.plan`) trains one
     program per architecture, one after the other, each with its own checkpoint
-    (``NAME.archI.EXT``), into one document; ``model`` is then a factory
+    (the directory ``NAME.archI``), into one document; ``model`` is then a factory
     ``model(width=…, depth=…) -> Model`` taking those axes.
 
     Memory blocks. Before anything is allocated, the grid's programs are compiled and their
     per-device memory read (:mod:`softcls_jax.memory`). A grid that does not fit the budget, or has
     more than ``max_configs_per_block`` configs, trains as blocks of configs one after the other
     (:meth:`~softcls_jax.engine.Layout.blocks`: equal shapes, so one compiled program serves all),
-    each with its checkpoint ``NAME.blockJ.EXT`` and the cut recorded in ``NAME.blocks.json`` (kept
+    each with its checkpoint ``NAME.blockJ`` and the cut recorded in ``NAME.blocks.json`` (kept
     on resume), into one document whose ``timing`` says how many blocks ran and why.
 
     Args:
       model, dataset, layout, settings: what to train.
       described: the ``settings`` section of the document (default: built from the arguments).
-      checkpoint_path: where to save the state of the real configs after every chunk (atomically,
-        checksummed, independent of the number of devices).
+      checkpoint_path: the directory of the checkpoint saved after every chunk
+        (:mod:`softcls_jax.checkpoint`: sharded, asynchronous, checked on restore, independent of
+        the number of devices); without ``resume``, a checkpoint there is replaced.
       resume: continue from the checkpoint at ``checkpoint_path`` once it passed its checks.
       on_progress: called after every chunk.
       on_resume: called with the step a resumed run continues from.
@@ -226,8 +227,10 @@ def _run_one(
     path = None if checkpoint_path is None else pathlib.Path(checkpoint_path)
     recorded = _read_block_plan(path) if resume else None
     trainer = Trainer(model, dataset, layout, settings)
-    ckpt = None if path is None else checkpoint.Checkpointer(path, trainer)
-    try:
+    with contextlib.ExitStack() as closing:  # a save in flight is committed however this ends
+        ckpt = None
+        if path is not None:
+            ckpt = closing.enter_context(checkpoint.Checkpointer(path, trainer, fresh=not resume))
         budget, source = memory.device_budget(trainer.devices[0], memory_budget)
         cap = max_configs_per_block
         if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
@@ -238,17 +241,17 @@ def _run_one(
         elif cap is not None and layout.size > cap:  # cut by hand: the whole grid is never compiled
             per_block, reason = cap, f"max_configs_per_block={cap}"
         else:
-            restored = ckpt.restore(layout, settings) if ckpt is not None and resume else None
-            first = 0 if restored is None else int(restored.state.step)
+            # the checkpoint's step and segments plan the run; its state is read once it fits
+            peeked = ckpt.peek() if ckpt is not None and resume else None
             trainer.segment_steps = (
-                restored.segment_steps
-                if restored is not None
+                peeked.segment_steps
+                if peeked is not None
                 else (trainer.choose_segment() if stop is not None else None)
             )
-            need = trainer.compile_ahead(first)
+            need = trainer.compile_ahead(0 if peeked is None else peeked.step)
             est = _estimate(trainer, need)
             plan_info["need_bytes"] = None if est is None else est.measured_bytes
-            if est is None or est.measured_bytes <= budget or restored is not None:
+            if est is None or est.measured_bytes <= budget or peeked is not None:
                 if est is not None and est.measured_bytes > budget:  # a one-block checkpoint
                     raise memory.MemoryBudgetError(
                         f"the checkpoint at {path} holds the whole grid as one block, which needs "
@@ -256,22 +259,20 @@ def _run_one(
                         f"budget of {memory.describe_bytes(budget)} ({source}); resume it on a "
                         "larger device, or remove it to train in blocks"
                     )
+                restored = None if peeked is None else ckpt.restore(layout, settings)
                 fits = "fits" if est is not None else "memory unknown on this backend"
                 plan_info.update(blocks=1, configs_per_block=layout.size, reason=fits)
                 return _train_block(trainer, ckpt, restored, start, hooks, plan_info, (0, 1))
             per_block = _configs_per_block(trainer, est, budget, source)
             reason = (
-                f"memory: the grid needs {memory.describe_bytes(est.measured_bytes)} per device, the "
-                f"budget is {memory.describe_bytes(budget)} ({source})"
+                f"memory: the grid needs {memory.describe_bytes(est.measured_bytes)} per device, "
+                f"the budget is {memory.describe_bytes(budget)} ({source})"
             )
             plan_info["probe_s"] = trainer.trace_seconds + trainer.compile_seconds
         plan_info.update(configs_per_block=per_block, reason=reason)
         return _run_blocks(
             model, dataset, layout, settings, hooks, start, path, plan_info, recorded, budget
         )
-    finally:  # a save in flight is committed however this ends
-        if ckpt is not None:
-            ckpt.close()
 
 
 def _estimate(trainer: Trainer, need: int | None) -> memory.Estimate | None:
@@ -358,8 +359,11 @@ def _run_blocks(
             with contextlib.ExitStack() as closing:
                 ckpt, restored = None, None
                 if block_path is not None:
-                    ckpt = closing.enter_context(checkpoint.Checkpointer(block_path, trainer))
-                    restored = ckpt.restore(block, settings) if recorded is not None else None
+                    fresh = recorded is None  # a new cut: an earlier run's block is not resumed
+                    ckpt = closing.enter_context(
+                        checkpoint.Checkpointer(block_path, trainer, fresh=fresh)
+                    )
+                    restored = None if fresh else ckpt.restore(block, settings)
                 run = _train_block(trainer, ckpt, restored, start, own, plan_info, (j, len(blocks)))
         except Preempted as e:
             raise Preempted(e.reason, e.step, f" of block {j + 1}/{len(blocks)}") from None

@@ -426,7 +426,7 @@ def prepare_workdir(
             (workdir / name).unlink(missing_ok=True)
         shutil.rmtree(workdir / runner.TENSORBOARD, ignore_errors=True)
         shutil.rmtree(workdir / trained.DIRECTORY, ignore_errors=True)
-        for path in checkpoint_directories(workdir):  # per architecture and block of a plan
+        for path in checkpoint.directories(workdir):  # per architecture and block of a plan
             shutil.rmtree(path, ignore_errors=True)
         for path in (*workdir.glob(BLOCK_PLANS), *checkpoint.legacy_files(workdir)):
             path.unlink(missing_ok=True)
@@ -459,24 +459,13 @@ def prepare_workdir(
                 "softcls-jax versions, which this version does not read (it writes sharded orbax "
                 "checkpoints); use --overwrite to start the sweep again, or another --workdir",
             )
-        return any(checkpoint.committed(p) for p in checkpoint_directories(workdir))
+        return any(checkpoint.committed(p) for p in checkpoint.directories(workdir))
     if jax.process_index() == 0:  # on several hosts, only process 0 writes
         from softcls_jax.results import atomic_write_json
 
         document = current if fingerprint is None else {**current, "fingerprint": fingerprint}
         atomic_write_json(spec_path, document)
     return False
-
-
-def checkpoint_directories(workdir: pathlib.Path) -> list[pathlib.Path]:
-    """The checkpoint directories of a workdir: ``checkpoint``, and ``checkpoint.archI``,
-    ``checkpoint.blockJ`` (and ``checkpoint.archI.blockJ``) per part of a plan."""
-    name = checkpoint.DIRECTORY
-    return sorted(
-        p
-        for p in workdir.glob(f"{name}*")
-        if p.is_dir() and (p.name == name or p.name.startswith(f"{name}."))
-    )
 
 
 def _fingerprint_change(previous: Any, current: Mapping[str, Any]) -> str:

@@ -202,10 +202,15 @@ def _check_distinct(what: str, values: tuple) -> None:
         raise ValueError(f"{what} must not repeat, got {list(values)}")
 
 
-@functools.lru_cache(maxsize=64)
 def _check_axis_values(name: str, values: tuple) -> None:
-    """``ValueError`` naming the axis unless every value follows its rule (cached like
-    :func:`_check_distinct`)."""
+    """``ValueError`` naming the axis unless every value follows its rule. Cached like
+    :func:`_check_distinct`, with the values' types in the key: ``(True,) == (1,)``, and a bool
+    is not a learning rate."""
+    _check_typed_values(name, values, frozenset(map(type, values)))
+
+
+@functools.lru_cache(maxsize=64)
+def _check_typed_values(name: str, values: tuple, types: frozenset) -> None:
     rule = AXES["learning_rate"] if name == "learning_rate" else axis_rule(name)
     for v in values:
         if name == "learning_rate" and (
