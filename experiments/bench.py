@@ -96,6 +96,13 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_string("configs", "8,32,128", "CNN workloads: the numbers of configs G to measure.")
 flags.DEFINE_integer(
+    "block_configs",
+    None,
+    "CNN workloads: the sweep trains this many configs at a time on a CPU (engine.Trainer's "
+    "block_configs; 0: all G at once); default: the model's own (Model.cpu_block).",
+    lower_bound=0,
+)
+flags.DEFINE_integer(
     "steps",
     0,
     "CNN workloads: steps per config (0: 1000 for cnn1d, 200 for cnn2d; 100 with --quick).",
@@ -460,9 +467,12 @@ def forward_flop(model, dataset) -> float:
     return float(cost["flops"])
 
 
-def run_cnn_sweep(name: str, dataset, num_configs: int, steps: int) -> dict:
+def run_cnn_sweep(
+    name: str, dataset, num_configs: int, steps: int, block_configs: int | None = None
+) -> dict:
     """The engine on the CNN grid, timed as :func:`run_sweep` times the reference."""
-    return time_trainer(cnn_workload(name, num_configs, steps, dataset), steps)
+    trainer = cnn_workload(name, num_configs, steps, dataset, block_configs)
+    return time_trainer(trainer, steps)
 
 
 def run_cnn_naive_jax(name: str, dataset, num_configs: int, steps: int, params0, batches) -> dict:
@@ -556,10 +566,14 @@ def main_cnn(name: str, quick: bool) -> None:
     probe = cnn_workload(name, 1, steps, dataset)
     batch = BATCHES.get(name, CNN_BATCH)
     flop = 3 * forward_flop(probe.model, dataset)  # forward + backward ≈ 3 × forward
+    block = FLAGS.block_configs
+    if block is None:
+        block = f"the model's default ({probe.model.cpu_block or 'the engine default'})"
     print(
         f"{name} workload: {probe.model.num_params} params, {flop / 1e3:.0f} kFLOP per example "
         f"(3 × forward, XLA cost analysis) on {source}; Adam, batch {batch}, {steps} steps, "
-        f"G = {list(sizes)}; {'torch ' + torch.__version__ if torch else 'torch not installed'}",
+        f"G = {list(sizes)}; {'torch ' + torch.__version__ if torch else 'torch not installed'}; "
+        f"the sweep's configs at a time on a CPU (block_configs): {block}",
         flush=True,
     )
     peak = matmul_peak()
@@ -577,7 +591,7 @@ def main_cnn(name: str, quick: bool) -> None:
         torch_args = (name, dataset, g, steps, params0, batches, state0)
         naive = functools.partial(run_cnn_naive_jax, name, dataset, g, steps, params0, batches)
         contenders = {
-            "sweep": functools.partial(run_cnn_sweep, name, dataset, g, steps),
+            "sweep": functools.partial(run_cnn_sweep, name, dataset, g, steps, FLAGS.block_configs),
             # naive JAX's step is a stateless model's apply
             "naive_jax": (lambda: None) if reference.model.stateful else naive,
             "torch_loop": functools.partial(run_cnn_torch, "torch_loop", *torch_args),

@@ -78,9 +78,16 @@ def cnn_model(name: str, dataset: data.Dataset) -> models.Model:
     )
 
 
-def cnn_workload(name: str, num_configs: int, steps: int, dataset: data.Dataset) -> engine.Trainer:
+def cnn_workload(
+    name: str,
+    num_configs: int,
+    steps: int,
+    dataset: data.Dataset,
+    block_configs: int | None = None,
+) -> engine.Trainer:
     """``num_configs`` log-spaced Adam learning rates × CE × seed 0 of the ``name`` CNN, batch 100
-    (32 for ``user_cnn``)."""
+    (32 for ``user_cnn``); ``block_configs`` as :class:`~softcls_jax.engine.Trainer` takes it (None:
+    the model's default)."""
     if name not in CNN_RATES:
         raise ValueError(f"unknown CNN workload {name!r}; expected one of {list(CNN_RATES)}")
     lo, hi = CNN_RATES[name]
@@ -90,6 +97,7 @@ def cnn_workload(name: str, num_configs: int, steps: int, dataset: data.Dataset)
         dataset,
         engine.Layout(("ce",), lrs, (0,)),
         engine.TrainSettings("adam", steps, BATCHES.get(name, CNN_BATCH), steps),
+        block_configs=block_configs,
     )
 
 

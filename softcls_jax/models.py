@@ -574,9 +574,10 @@ class Model:
         variables (``state`` is ``()`` for a stateless model); None if the model has no module.
       decay_kernels_only: whether weight decay touches only the kernels (not biases or BatchNorm
         scales) unless the settings say otherwise (``TrainSettings.weight_decay_mask``).
-      cpu_block: on one CPU device, train at most this many configs at a time, block after block
-        (:class:`~softcls_jax.engine.Trainer`'s ``block_configs``), chosen by measurement for the
-        model (docs/performance.md); None: the engine's default.
+      cpu_block: on one CPU device, the configs a chunk trains at a time, block after block
+        (:class:`~softcls_jax.engine.Trainer`'s ``block_configs``, which counts the configs of
+        one seed: every seed of a block's combinations trains with it), chosen by measurement for
+        the model (docs/performance.md); 0: all at once; None: the engine's default.
     """
 
     name: str
@@ -589,6 +590,13 @@ class Model:
     module: Callable[[Params, Any], nnx.Module] | None = None
     decay_kernels_only: bool = False
     cpu_block: int | None = None
+
+    def __post_init__(self) -> None:
+        block = self.cpu_block
+        if block is not None and (
+            isinstance(block, bool) or not isinstance(block, int | np.integer) or block < 0
+        ):
+            raise ValueError(f"cpu_block must be an integer >= 0 or None, got {self.cpu_block!r}")
 
     @property
     def stateful(self) -> bool:
@@ -688,7 +696,7 @@ def make_model(
 
     num_params = sum(leaf.size for leaf in jax.tree.leaves(abstract))
     module = lambda params, state=(): nnx.merge(graphdef, params)
-    # cnn1d's activations and patches (~0.5 MB per config at batch 100) overflow the caches at 64
+    # cnn1d's activations and patches overflow the caches at 64 configs (docs/performance.md)
     cpu_block = 8 if name == "cnn1d" else None
     return Model(name, init, apply, num_params, module=module, cpu_block=cpu_block)
 
@@ -829,8 +837,8 @@ def from_nnx(build: Callable[[nnx.Rngs], nnx.Module], name: str = "custom") -> M
     # module as built; training vmaps over configs, where convolutions run as matmuls
     abstract.eval()
     eval_def, params, rest = nnx.split(abstract, nnx.Param, ...)
-    # a network of convolutions trains fastest one config at a time on a CPU: its im2col patches
-    # and activations stay in cache (docs/performance.md)
+    # a network of convolutions trains fastest one combination at a time on a CPU: its im2col
+    # patches and activations stay in cache (docs/performance.md)
     cpu_block = 1 if _convolutions_as_matmuls(abstract) else None
     num_params = sum(leaf.size for leaf in jax.tree.leaves(params))
     if not jax.tree.leaves(rest) and not takes_rngs:

@@ -1,3 +1,4 @@
+import dataclasses
 import functools
 
 import chex
@@ -308,3 +309,19 @@ def test_evaluation_in_config_blocks_equals_one_block(monkeypatch):
     fn = jax.jit(functools.partial(evaluate.evaluate, trainer.program))
     blocked = jax.device_get(fn(state, trainer.data, trainer.loss_ids))
     chex.assert_trees_all_close(blocked, one_block, rtol=1e-6)
+
+
+def test_a_models_cpu_block_sets_the_default_blocks_and_0_means_one_block():
+    d = digits()
+    grid = engine.Layout(("ce", "mse"), (0.01, 0.1, 0.3), (0, 1))
+    m = models.make_model("linear", d.num_features, d.num_classes)
+    blocks = lambda cpu_block: (
+        engine.Trainer(
+            dataclasses.replace(m, cpu_block=cpu_block), d, grid, engine.TrainSettings()
+        ).layout.num_blocks
+    )
+    # cpu_block counts one seed's configs: 2 per block is one rate of each loss, both seeds
+    assert (blocks(None), blocks(0), blocks(2), blocks(1)) == (1, 1, 3, 3)
+    for bad in (-1, 2.0, True):
+        with pytest.raises(ValueError, match="cpu_block must be an integer >= 0 or None"):
+            dataclasses.replace(m, cpu_block=bad)

@@ -128,9 +128,11 @@ class Trainer:
     Args:
       model, dataset, layout, settings: what to train.
       devices: the devices whose mesh shards the configs; all of ``jax.devices()`` by default.
-      block_configs: on one device, a chunk trains at most this many configs at a time, block after
-        block (0: all at once). Default on CPU: the model's ``cpu_block`` (8 for ``cnn1d``, 1 for
-        a ``from_nnx`` module with convolutions), else 64; all at once elsewhere.
+      block_configs: on one device, a chunk trains its configs in cache blocks, one after another:
+        ``max(1, block_configs // L)`` combinations of the axes for each of the ``L`` losses, with
+        every seed (so about ``block_configs`` configs per seed; 0: all at once). Default on CPU:
+        the model's ``cpu_block`` (8 for ``cnn1d``, 1 for a ``from_nnx`` module with
+        convolutions), else 64; all at once elsewhere.
       compile_cache: compiled programs shared with other trainers of the same shapes (the memory
         blocks of one grid): each program compiles once for all of them.
 
@@ -180,7 +182,7 @@ class Trainer:
         self.model, self.dataset, self.settings = model, dataset, settings
         self.devices = list(jax.devices() if devices is None else devices)
         if block_configs is None:
-            cpu_block = model.cpu_block or CPU_BLOCK
+            cpu_block = CPU_BLOCK if model.cpu_block is None else model.cpu_block
             block_configs = cpu_block if self.devices[0].platform == "cpu" else 0
         if not is_int(block_configs) or block_configs < 0:
             raise ValueError(f"block_configs must be an integer >= 0, got {block_configs!r}")
