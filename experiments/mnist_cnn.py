@@ -34,7 +34,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from absl import app, flags
 
-from softcls_jax import calibration, data, engine, models, plots, results, runner
+from softcls_jax import calibration, data, engine, models, plots, resnet, results, runner
 from softcls_jax.results import atomic_write_json
 
 from .cli import FlagError, fail, make_workdir, number, numbers, parse_flags
@@ -293,38 +293,47 @@ def main(argv: Sequence[str]) -> None:
             raise FlagError("widths", f"each must be > 0, got {list(widths)}")
         if any(d < 1 for d in depths):
             raise FlagError("depths", f"each must be >= 1, got {list(depths)}")
+        # checked here, not after the earlier parts have trained for minutes
+        for flag, values in (("losses", (0.1,)), ("lrs", lrs), ("resnet_lrs", resnet_lrs)):
+            try:
+                engine.Layout(tuple(FLAGS.losses), values, (0,))
+            except ValueError as e:
+                raise FlagError(flag, str(e)) from None
+        try:
+            resnet.blocks_per_stage(resnet_depth)
+        except ValueError as e:
+            raise FlagError("resnet_depth", str(e)) from None
         try:
             dataset = load()
         except ValueError as e:
             raise FlagError("dataset", str(e)) from None
         workdir = make_workdir(FLAGS.workdir)
-        try:
-            document = study(
+    except FlagError as e:
+        fail(str(e))
+    try:
+        document = study(
+            dataset,
+            tuple(FLAGS.losses),
+            lrs,
+            seeds,
+            steps,
+            widths,
+            depths,
+            study_seeds,
+            progress=lambda m: print(m, flush=True),
+        )
+        if resnet_steps:
+            document["resnet"] = resnet_study(
                 dataset,
                 tuple(FLAGS.losses),
-                lrs,
-                seeds,
-                steps,
-                widths,
-                depths,
-                study_seeds,
-                progress=lambda m: print(m, flush=True),
+                resnet_lrs,
+                resnet_seeds,
+                resnet_steps,
+                resnet_depth,
+                resnet_width,
             )
-            if resnet_steps:
-                document["resnet"] = resnet_study(
-                    dataset,
-                    tuple(FLAGS.losses),
-                    resnet_lrs,
-                    resnet_seeds,
-                    resnet_steps,
-                    resnet_depth,
-                    resnet_width,
-                )
-                print(f"done: resnet ({document['resnet']['wall_s']:.0f} s)", flush=True)
-        except ValueError as e:
-            flag = "losses" if "loss" in str(e) else "resnet_depth" if "resnet" in str(e) else "lrs"
-            raise FlagError(flag, str(e)) from None
-    except FlagError as e:
+            print(f"done: resnet ({document['resnet']['wall_s']:.0f} s)", flush=True)
+    except ValueError as e:  # what the checks above could not know, say a setting's combination
         fail(str(e))
     print(f"\nselection: {document['selection']['rule']}\n")
     print(document["accuracy_table"])

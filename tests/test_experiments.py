@@ -129,6 +129,8 @@ def test_report_publish_copies_only_the_report_and_its_figures(tmp_path):
         ("mnist_cnn", ["--widths=0"], "--widths: each must be > 0"),
         ("mnist_cnn", ["--depths=0"], "--depths: each must be >= 1"),
         ("mnist_cnn", ["--study_seeds=0"], "--study_seeds: must be >= 1"),
+        ("mnist_cnn", ["--resnet_depth=10"], "--resnet_depth: resnet depth must be 6n + 2"),
+        ("mnist_cnn", ["--resnet_lrs=0"], "--resnet_lrs: "),
         ("report", ["--only=nope"], "--only: unknown experiments ['nope']"),
         ("report", ["--publish=/proc/nope"], "--publish: cannot write to /proc/nope"),
     ],
