@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from softcls_jax import data, memory, models, runner, sweep
-from softcls_jax.engine import Layout, TrainSettings
+from softcls_jax.engine import Layout, Trainer, TrainSettings
 
 SWEEP = [sys.executable, "-u", "-m", "experiments.sweep"]
 
@@ -230,3 +230,29 @@ def test_overwrite_removes_block_checkpoints_and_plan(tmp_path):
     )
     sweep.run_sweep(other, tmp_path, overwrite=True, tensorboard=False)
     assert not list(tmp_path.glob("checkpoint.block*"))
+
+
+def test_a_device_oom_the_estimate_missed_is_a_clear_error_and_resumes(
+    digits_mlp, one_block, tmp_path, monkeypatch
+):
+    # A GPU/TPU reports a failed allocation as RESOURCE_EXHAUSTED; CPUs cannot, so it is simulated
+    # in the second chunk, after the first chunk's checkpoint.
+    calls, train_chunk = [], Trainer.train_chunk
+
+    def failing(self, state, num_steps):
+        calls.append(num_steps)
+        if len(calls) == 2:
+            raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 1GB")
+        return train_chunk(self, state, num_steps)
+
+    monkeypatch.setattr(Trainer, "train_chunk", failing)
+    path = tmp_path / "ckpt"
+    with pytest.raises(memory.MemoryBudgetError, match=r"ran out of memory .* the last checkpoint"):
+        runner.run(*digits_mlp, GRID, SETTINGS, checkpoint_path=path)
+    monkeypatch.setattr(Trainer, "train_chunk", train_chunk)
+    steps = []
+    resumed = runner.run(
+        *digits_mlp, GRID, SETTINGS, checkpoint_path=path, resume=True, on_resume=steps.append
+    )
+    assert steps == [100]
+    _assert_close(_final(one_block.document), _final(resumed.document))
