@@ -19,7 +19,7 @@ standardised); 10 % of the training split, stratified, is the validation split. 
    architecture is its own grid of seeds; test ECE before and after temperature scaling.
 4. A residual network with BatchNorm and augmentation: the ``resnet`` model (depth 8, first stage 8
    channels; :mod:`softcls_jax.resnet`), Adam, batch 100, training minibatches randomly cropped
-   after 4-pixel zero padding (``--augment=crop``; no flips: a mirrored digit is another glyph or
+   after 4-pixel black padding (``--augment=crop``; no flips: a mirrored digit is another glyph or
    none). CE, square loss and MSE × the rates × seeds in one grid, each loss's rate chosen on
    validation as in 1 (BatchNorm in evaluation mode, running statistics); test only reported.
    ``--resnet_steps=0`` skips it.

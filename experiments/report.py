@@ -408,7 +408,7 @@ def _resnet_rows(rn: dict) -> list[str]:
     return out + _closing(
         f"ResNet-{rs['depth']} with BatchNorm (first stage {rs['width']} channels, {rs['params']} "
         f"parameters), Adam, batch {rs['batch_size']}, {rs['steps']} steps, {rs['seeds']} seeds, "
-        f"training minibatches augmented by random crops after 4-pixel padding (no flips: digits "
+        f"training minibatches augmented by random crops after 4 pixels of black padding (no flips: digits "
         f"are not mirror-symmetric), rates {', '.join(f'{v:g}' for v in rs['learning_rates'])}; "
         f"the same selection rule, evaluation in eval mode (BatchNorm's running statistics), "
         f"{rn['diverged']} diverged configs.{gap} Expected (Hui & Belkin 2021): square loss on "

@@ -1,9 +1,11 @@
 """Data augmentation of image minibatches on the device, inside the compiled step.
 
-Random crop after zero padding and horizontal flip, the CIFAR recipe (He et al. 2016):
+Random crop after padding with black and horizontal flip, the CIFAR recipe (He et al. 2016):
 
-* ``crop``: pad each image by ``p`` pixels on every side with zeros (the standardised mean), then
-  cut an ``H × W`` window at offsets ``(dy, dx)`` drawn uniformly from ``{0, …, 2p}²``;
+* ``crop``: pad each image by ``p`` pixels on every side with black (the data set's
+  ``image_fill``, the standardised value of a zero-intensity pixel, as torchvision pads the raw
+  image before normalising; 0, the standardised mean, where a data set has none), then cut an
+  ``H × W`` window at offsets ``(dy, dx)`` drawn uniformly from ``{0, …, 2p}²``;
 * ``flip``: mirror the image left ↔ right with probability 1/2.
 
 Both are drawn per example from a key of the seed and the step, so the configs of a seed see the
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 AUGMENTATIONS = ("none", "flip", "crop", "crop_flip")
@@ -51,26 +54,46 @@ def draw(key: Array, batch: int, kind: str, pad: int = PAD) -> tuple[Array, Arra
     return offsets, flips
 
 
-def apply(images: Array, offsets: Array, flips: Array, pad: int = PAD) -> Array:
-    """Crops and flips ``images (B, H, W, C)``: each image zero-padded by ``pad``, its ``H × W``
-    window at ``offsets[b]`` cut out, then mirrored left ↔ right where ``flips[b]``.
+def apply(
+    images: Array,
+    offsets: Array,
+    flips: Array,
+    pad: int = PAD,
+    fill: tuple[float, ...] | None = None,
+) -> Array:
+    """Crops and flips ``images (B, H, W, C)``: each image padded by ``pad`` pixels of ``fill``
+    (per channel, ``C`` values; None: 0), its ``H × W`` window at ``offsets[b]`` cut out, then
+    mirrored left ↔ right where ``flips[b]``.
 
     Example:
       >>> x = jnp.arange(4.0).reshape(1, 2, 2, 1)
       >>> apply(x, jnp.array([[1, 2]]), jnp.array([True]), pad=1)[0, ..., 0].tolist()
       [[0.0, 1.0], [0.0, 3.0]]
+      >>> apply(x, jnp.array([[1, 2]]), jnp.array([True]), pad=1, fill=(-1.0,))[0, ..., 0].tolist()
+      [[-1.0, 1.0], [-1.0, 3.0]]
     """
     _, h, w, c = images.shape
     cropped = images
     if pad:  # pad 0: nothing to cut (flip only)
         padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+        if fill is not None:  # a mask, not a shift: the image's own pixels stay bit for bit
+            if len(fill) != c:
+                raise ValueError(f"fill has {len(fill)} values for images of {c} channels")
+            inside = np.zeros((h + 2 * pad, w + 2 * pad, 1), bool)
+            inside[pad : pad + h, pad : pad + w] = True
+            padded = jnp.where(inside, padded, jnp.asarray(fill, images.dtype))
         cut = lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c))
         cropped = jax.vmap(cut)(padded, offsets)
     return jnp.where(flips[:, None, None, None], cropped[:, :, ::-1], cropped)
 
 
 def augment_rows(
-    key: Array, x: Array, image_shape: tuple[int, int, int], kind: str, pad: int = PAD
+    key: Array,
+    x: Array,
+    image_shape: tuple[int, int, int],
+    kind: str,
+    pad: int = PAD,
+    fill: tuple[float, ...] | None = None,
 ) -> Array:
     """:func:`apply` with the choices of :func:`draw`, on rows ``x (B, H·W·C)`` (images flattened
     in ``(H, W, C)`` order, as the image data sets store them); ``none`` returns ``x``."""
@@ -78,4 +101,4 @@ def augment_rows(
         return x
     offsets, flips = draw(key, x.shape[0], kind, pad)
     images = x.reshape(x.shape[0], *image_shape)
-    return apply(images, offsets, flips, pad if "crop" in kind else 0).reshape(x.shape)
+    return apply(images, offsets, flips, pad if "crop" in kind else 0, fill).reshape(x.shape)

@@ -45,6 +45,9 @@ class Dataset:
         or None. Selection (learning rates, any hyperparameter) looks at it, never at the test set.
       image_shape: ``(H, W, C)`` when each row of ``x`` is an image flattened row-major (HWC), as
         :func:`from_images` sets it; None otherwise.
+      image_fill: per channel, the value of a black (zero-intensity) pixel in ``x``, ``−μ_c / σ_c``
+        after :func:`from_images`' standardisation: what crop augmentation pads with, as
+        torchvision pads the raw image before normalising; None: 0.
     """
 
     name: str
@@ -56,6 +59,7 @@ class Dataset:
     x_val: np.ndarray | None = None
     y_val: np.ndarray | None = None
     image_shape: tuple[int, int, int] | None = None
+    image_fill: tuple[float, ...] | None = None
 
     @property
     def num_features(self) -> int:
@@ -448,7 +452,7 @@ def from_images(arrays: images.ImageArrays) -> Dataset:
     ``x ← (x / 255 − μ_c) / σ_c`` with the per-channel mean ``μ_c`` and standard deviation ``σ_c``
     of the training images (``σ_c = 0`` → 1; one ``μ_c, σ_c`` per colour channel, so the images keep
     their spatial structure); rows flattened row-major in ``(H, W, C)`` order, which
-    :attr:`Dataset.image_shape` records.
+    :attr:`Dataset.image_shape` records; a black pixel's values :attr:`Dataset.image_fill`.
     """
     scale = lambda x: x.astype(np.float32) / 255.0
     train, test = scale(arrays.x_train), scale(arrays.x_test)
@@ -459,12 +463,17 @@ def from_images(arrays: images.ImageArrays) -> Dataset:
     dataset = validate(
         arrays.name, norm(train), arrays.y_train, norm(test), arrays.y_test, arrays.num_classes
     )
-    return dataclasses.replace(dataset, image_shape=arrays.image_shape)
+    black = norm(np.zeros((1, 1, 1, train.shape[-1]), np.float32))[0]  # exactly as in x
+    return dataclasses.replace(
+        dataset, image_shape=arrays.image_shape, image_fill=tuple(float(v) for v in black)
+    )
 
 
 def standardized(dataset: Dataset) -> Dataset:
     """Every split scaled with the *training* split's per-feature mean and standard deviation,
-    ``(x − μ_train) / σ_train``; constant training features (``σ = 0``) become 0.
+    ``(x − μ_train) / σ_train``; constant training features (``σ = 0``) become 0. A black pixel then
+    has a value per position, no longer one per channel: ``image_fill`` becomes None (crops pad
+    with 0, each pixel's mean, which is black where a border pixel is black in every image).
 
     Example:
       >>> d = standardized(from_arrays(np.array([[1.0, 5], [3, 5]]), np.array([0, 1]),
@@ -477,5 +486,9 @@ def standardized(dataset: Dataset) -> Dataset:
     scale = np.where(std > 0, std, 1.0)
     fix = lambda a: None if a is None else ((a - mean) / scale).astype(np.float32)
     return dataclasses.replace(
-        dataset, x_train=fix(dataset.x_train), x_val=fix(dataset.x_val), x_test=fix(dataset.x_test)
+        dataset,
+        x_train=fix(dataset.x_train),
+        x_val=fix(dataset.x_val),
+        x_test=fix(dataset.x_test),
+        image_fill=None,
     )

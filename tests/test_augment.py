@@ -10,13 +10,17 @@ import numpy as np
 import optax
 import pytest
 
-from softcls_jax import augment, data, engine, models, runner
+from softcls_jax import augment, data, engine, images, models, runner
 
 
-def numpy_augment(images, offsets, flips, pad):
-    """The reference: np.pad with zeros, slice, mirror."""
-    h, w = images.shape[1:3]
-    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+def numpy_augment(images, offsets, flips, pad, fill=None):
+    """The reference: np.pad with each channel's fill (zeros by default), slice, mirror."""
+    h, w, c = images.shape[1:]
+    fill = np.zeros(c) if fill is None else fill
+    pads = ((0, 0), (pad, pad), (pad, pad))
+    padded = np.stack(
+        [np.pad(images[..., i], pads, constant_values=fill[i]) for i in range(c)], axis=-1
+    )
     out = np.stack([padded[b, dy : dy + h, dx : dx + w] for b, (dy, dx) in enumerate(offsets)])
     return np.where(flips[:, None, None, None], out[:, :, ::-1], out)
 
@@ -42,6 +46,33 @@ def test_augmentation_equals_numpy_with_the_same_offsets_and_flips(kind):
     )
 
 
+def test_crops_pad_with_each_channels_fill_and_keep_the_image_bit_for_bit():
+    images = np.random.default_rng(2).normal(size=(8, 6, 5, 3)).astype(np.float32)
+    fill = (-0.42, 1.5, -2.0)
+    offsets, flips = (np.asarray(a) for a in augment.draw(jax.random.key(4), 8, "crop_flip"))
+    got = augment.apply(jnp.asarray(images), offsets, flips, fill=fill)
+    want = numpy_augment(images, offsets, flips, augment.PAD, np.float32(fill))
+    np.testing.assert_array_equal(np.asarray(got), want)
+    centre = np.full((8, 2), augment.PAD)
+    same = augment.apply(jnp.asarray(images), centre, np.zeros(8, bool), fill=fill)
+    np.testing.assert_array_equal(np.asarray(same), images)
+    with pytest.raises(ValueError, match="fill has 2 values for images of 3 channels"):
+        augment.apply(jnp.asarray(images), offsets, flips, fill=(0.0, 1.0))
+
+
+def test_image_data_pads_with_black_until_a_per_feature_scaling():
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, size=(20, 4, 4, 2)).astype(np.uint8)
+    x[:, 0] = 0  # a black row
+    arrays = images.ImageArrays("toy", x[:15], np.arange(15) % 2, x[15:], np.arange(5) % 2, 2)
+    d = data.from_images(arrays)
+    rows = d.x_train.reshape(15, 4, 4, 2)
+    assert d.image_fill == tuple(float(v) for v in rows[0, 0, 0])  # a black pixel, exactly
+    assert all(v < 0 for v in d.image_fill)
+    assert data.standardized(d).image_fill is None
+    assert data.with_validation(d, 0.2).image_fill == d.image_fill
+
+
 def test_none_is_the_identity_and_unknown_kinds_are_refused():
     x = jnp.arange(12.0).reshape(2, 6)
     assert augment.augment_rows(jax.random.key(0), x, (1, 3, 2), "none") is x
@@ -57,7 +88,7 @@ def tiny_images():
     x = rng.normal(size=(90, 8, 8, 1)).astype(np.float32)
     x[:, :3, :3] += 2.0 * y[:, None, None, None]
     d = data.from_arrays(x[:60].reshape(60, -1), y[:60], x[60:].reshape(30, -1), y[60:])
-    return dataclasses.replace(d, image_shape=(8, 8, 1))
+    return dataclasses.replace(d, image_shape=(8, 8, 1), image_fill=(-1.5,))  # crops pad with it
 
 
 def test_engine_augments_each_seeds_minibatch_with_keys_of_the_seed_and_step(tiny_images):
@@ -72,7 +103,7 @@ def test_engine_augments_each_seeds_minibatch_with_keys_of_the_seed_and_step(tin
     x, y = jnp.asarray(tiny_images.x_train), jnp.asarray(tiny_images.y_train)
 
     def sgd_step(params, lr, key, idx):
-        xb = augment.augment_rows(key, x[idx], (8, 8, 1), "crop_flip")
+        xb = augment.augment_rows(key, x[idx], (8, 8, 1), "crop_flip", fill=(-1.5,))
         loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(
             model.apply(p, xb), y[idx]
         ).mean()

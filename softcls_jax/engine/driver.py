@@ -214,6 +214,7 @@ class Trainer:
             checked=settings.checked,
             augment=settings.augment,
             image_shape=dataset.image_shape,
+            image_fill=dataset.image_fill,
             mesh=self.mesh,
         )
         levels = tuple(axes.get("label_noise", (0.0,)))

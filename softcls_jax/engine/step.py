@@ -94,7 +94,7 @@ class Program:
       batch_size, total_steps, schedule, num_classes: training settings.
       checked: check label ranges inside the compiled chunk (``checkify``).
       augment: the training minibatches' augmentation (:mod:`softcls_jax.augment`), on images of
-        ``image_shape``; ``none`` for none.
+        ``image_shape``, crops padded with ``image_fill`` (the data set's); ``none`` for none.
       mesh: the devices' mesh; None on one device.
     """
 
@@ -113,6 +113,7 @@ class Program:
     checked: bool = False
     augment: str = "none"
     image_shape: tuple[int, int, int] | None = None
+    image_fill: tuple[float, ...] | None = None
     mesh: Mesh | None = None
 
 
@@ -339,8 +340,8 @@ def chunk(
                 rng = at_step(rng_keys)[0] if one_seed else at_step(rng_keys)
             xb = data.x_train[idx]  # (S, B, D) or (B, D)
             if program.augment != "none":  # on the seed's shared minibatch, before every config
-                shape, kind = program.image_shape, program.augment
-                one = lambda key, x: augment_rows(key, x, shape, kind)
+                shape, kind, fill = program.image_shape, program.augment, program.image_fill
+                one = lambda key, x: augment_rows(key, x, shape, kind, fill=fill)
                 keys = at_step(data.augment_keys)
                 xb = one(keys[0], xb) if one_seed else jax.vmap(one)(keys, xb)
             new_params, new_opt_state, new_model_state, grad_norm, finite, loss = step_fn(
