@@ -250,14 +250,7 @@ def run_torch_loop(dataset, num_lrs, steps, params0, batches) -> dict | None:
             accuracies.append(_accuracy(net(xt).numpy(), dataset.y_test))
             net(x)  # the training split, as the sweep's evaluation
         eval_s += time.perf_counter() - t0
-    wall = time.perf_counter() - start
-    return {
-        "wall_s": wall,
-        "compile_s": 0.0,
-        "run_s": wall,
-        "eval_s": eval_s,
-        "accuracy": accuracies,
-    }
+    return tc.timings(start, eval_s, accuracies)
 
 
 def run_torch_bmm(dataset, num_lrs, steps, params0, batches) -> dict | None:

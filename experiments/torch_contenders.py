@@ -243,7 +243,9 @@ def per_config_loss(torch, name: str, logits, labels):
 # ------------------------------------------------------------------ contenders
 
 
-def _result(start: float, eval_s: float, accuracies: list[float]) -> dict:
+def timings(start: float, eval_s: float, accuracies: list[float]) -> dict:
+    """A contender's result: wall (= run) seconds since ``start``, its evaluation seconds and
+    accuracies (no compile)."""
     wall = time.perf_counter() - start
     return {
         "wall_s": wall,
@@ -302,7 +304,7 @@ def train_loop(
             accuracies.append(_accuracy(_forward(net, x_test, torch), y_test))
             _forward(net, x, torch)
         eval_s += time.perf_counter() - t0
-    return _result(start, eval_s, accuracies)
+    return timings(start, eval_s, accuracies)
 
 
 def train_func(
@@ -364,4 +366,4 @@ def train_func(
         _forward(ensemble, x, torch)  # the training split, as the sweep's evaluation does
     accuracies = [_accuracy(logits[i], y_test) for i in range(g)]
     eval_s = time.perf_counter() - t0
-    return _result(start, eval_s, accuracies)
+    return timings(start, eval_s, accuracies)
