@@ -293,14 +293,8 @@ def run_torch_bmm(dataset, num_lrs, steps, params0, batches) -> dict | None:
         forward = lambda a: torch.baddbmm(b2, torch.relu(torch.baddbmm(b1, a, w1)), w2)
         logits = forward(torch.from_numpy(dataset.x_test).expand(g, -1, -1)).numpy()
         forward(x.expand(g, -1, -1))  # the training split, as the sweep's evaluation
-    wall = time.perf_counter() - start
-    return {
-        "wall_s": wall,
-        "compile_s": 0.0,
-        "run_s": wall,
-        "eval_s": time.perf_counter() - t0,
-        "accuracy": [_accuracy(logits[i], dataset.y_test) for i in range(g)],
-    }
+    accuracies = [_accuracy(logits[i], dataset.y_test) for i in range(g)]
+    return tc.timings(start, time.perf_counter() - t0, accuracies)
 
 
 def run_torch_func(dataset, num_lrs, steps, params0, batches) -> dict | None:
