@@ -1,7 +1,8 @@
 """The workloads that ``bench`` and ``profile_step`` measure (no flags: importable anywhere).
 
 * ``mlp`` (the reference): ``num_lrs`` rates 1e-3 … 1 × {CE, MSE}, MLP 64-128-10 on digits, SGD,
-  batch 128.
+  batch 128; the same grid with the MLP written as a user writes it (:class:`UserMLP`, through
+  ``models.from_nnx``).
 * ``cnn1d``: ``G`` rates 1e-3 … 0.1, CE, the MNIST-1D CNN on mnist1d, Adam, batch 100 (the issue's
   sweep: ``--dataset=mnist1d --model=cnn1d --optimizer=adam --batch_size=100``).
 * ``cnn2d``: ``G`` rates 1e-4 … 1e-2, CE, the LeNet-5-like CNN on MNIST images, Adam, batch 100.
@@ -56,9 +57,31 @@ class TutorialCNN(nnx.Module):
         return self.linear2(x)
 
 
-def workload(num_lrs: int, steps: int, dataset: data.Dataset) -> engine.Trainer:
-    """The reference grid: num_lrs log-spaced rates 1e-3 … 1 × {CE, MSE}, one seed."""
-    model = models.make_model("mlp", dataset.num_features, dataset.num_classes, hidden=(HIDDEN,))
+class UserMLP(nnx.Module):
+    """The reference MLP as a user writes it: two ``nnx.Linear`` with a ReLU between (the same
+    parameters as the built-in ``mlp``, drawn from the same keys)."""
+
+    def __init__(self, in_features: int, num_classes: int, rngs: nnx.Rngs):
+        self.hidden = nnx.Linear(in_features, HIDDEN, rngs=rngs)
+        self.out = nnx.Linear(HIDDEN, num_classes, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.out(nnx.relu(self.hidden(x)))
+
+
+def workload(
+    num_lrs: int, steps: int, dataset: data.Dataset, user: str | None = None
+) -> engine.Trainer:
+    """The reference grid: num_lrs log-spaced rates 1e-3 … 1 × {CE, MSE}, one seed; ``user``:
+    ``"feature_major"`` or ``"as_traced"`` trains :class:`UserMLP` through ``models.from_nnx``
+    with its dense layers rewritten feature-major or as the module computes them."""
+    if user is None:
+        model = models.make_model(
+            "mlp", dataset.num_features, dataset.num_classes, hidden=(HIDDEN,)
+        )
+    else:
+        build = functools.partial(UserMLP, dataset.num_features, dataset.num_classes)
+        model = models.from_nnx(build, "user_mlp", feature_major=user == "feature_major")
     lrs = tuple(float(x) for x in np.logspace(-3, 0, num_lrs))
     return engine.Trainer(
         model,

@@ -35,6 +35,7 @@ import numpy as np
 from flax import nnx
 
 from softcls_jax import resnet
+from softcls_jax.feature_major import feature_major as rewrite_feature_major
 
 Array = jax.Array
 Params = Any  # an nnx.State pytree whose leaves are arrays
@@ -791,7 +792,9 @@ def scale_kernels(params: Params, scale: Array | float) -> Params:
     )
 
 
-def from_nnx(build: Callable[[nnx.Rngs], nnx.Module], name: str = "custom") -> Model:
+def from_nnx(
+    build: Callable[[nnx.Rngs], nnx.Module], name: str = "custom", feature_major: bool = True
+) -> Model:
     """A :class:`Model` from your own Flax NNX network, for ``run_grid`` and the engine.
 
     Example:
@@ -823,6 +826,10 @@ def from_nnx(build: Callable[[nnx.Rngs], nnx.Module], name: str = "custom") -> M
         named ``kernel`` are what the ``init_scale`` axis scales; weight decay and the optimizer
         touch ``nnx.Param`` only.
       name: the model's name in results.
+      feature_major: a stateless module's dense layers train on transposed, feature-major
+        activations, as the built-in ``mlp`` does (:func:`softcls_jax.feature_major.feature_major`:
+        the same values to float rounding, faster under the engine's vmap over configs); False
+        trains the module's program as traced.
 
     Raises:
       ValueError: if ``build`` fails, ``__call__`` takes other required arguments, or the module's
@@ -846,8 +853,10 @@ def from_nnx(build: Callable[[nnx.Rngs], nnx.Module], name: str = "custom") -> M
         train_def = nnx.graphdef(abstract)
         init = functools.partial(_nnx_params, build)
 
-        def apply(params: Params, x: Array) -> Array:
+        def traced(params: Params, x: Array) -> Array:
             return nnx.merge(train_def, params)(x)
+
+        apply = rewrite_feature_major(traced) if feature_major else traced
 
         def apply_eval(params: Params, state: Any, x: Array) -> Array:
             return nnx.merge(eval_def, params)(x)

@@ -27,6 +27,18 @@ def test_sweep_and_naive_jax_agree(setup):
     assert naive["compile_s"] > 0 and sweep["compile_s"] > 0
 
 
+def test_the_users_mlp_is_the_built_in_one(setup):
+    """user_mlp starts from the built-in mlp's parameters (same keys): its final losses agree to
+    float rounding, feature-major or as traced."""
+    dataset, steps, _, _ = setup
+    final = lambda trainer: trainer.train()[1][-1]
+    want = final(bench.workload(2, steps, dataset))
+    for user in ("feature_major", "as_traced"):
+        got = final(bench.workload(2, steps, dataset, user))
+        np.testing.assert_allclose(got["test_loss"], want["test_loss"], rtol=1e-5)
+        np.testing.assert_array_equal(got["test_accuracy"], want["test_accuracy"])
+
+
 def test_torch_contenders_agree_when_torch_is_installed(setup):
     pytest.importorskip("torch")
     dataset, steps, params0, batches = setup

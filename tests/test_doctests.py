@@ -13,6 +13,7 @@ MODULES = [
     "softcls_jax.engine.driver",
     "softcls_jax.engine.evaluate",
     "softcls_jax.engine.layout",
+    "softcls_jax.feature_major",
     "softcls_jax.gradients",
     "softcls_jax.labels",
     "softcls_jax.losses",
