@@ -9,7 +9,9 @@ replicated; on several hosts the same code runs in every process after ``jax.dis
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -110,6 +112,24 @@ def check_shapes(model: Model, losses: Sequence[Any], dataset: Dataset, smoothed
                 f"{tuple(labels.shape)}; expected the per-example loss {(b,)}"
             )
     return params
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector paused while a program is traced, lowered and compiled.
+
+    Tracing allocates many short-lived objects; the collector, triggered by allocation counts, then
+    walks the whole heap (JAX's own objects: tens of thousands) several times per program, about a
+    quarter of a warm-cache launch's tracing (docs/performance.md). Paused, the garbage of tracing is
+    freed by reference counting as before and the rest by the next collection after it.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class Trainer:
@@ -335,10 +355,11 @@ class Trainer:
             jax.block_until_ready(args)  # or the timer would also count a chunk still running
             cheap = llvm_level is not None and self.devices[0].platform == "cpu"
             options = {"xla_backend_optimization_level": llvm_level} if cheap else None
-            start = time.perf_counter()
-            lowered = fn.lower(*args) if lowered is None else lowered
-            traced = time.perf_counter()
-            self._compiled[key] = lowered.compile(compiler_options=options)
+            with collector_paused():
+                start = time.perf_counter()
+                lowered = fn.lower(*args) if lowered is None else lowered
+                traced = time.perf_counter()
+                self._compiled[key] = lowered.compile(compiler_options=options)
             self.trace_seconds += traced - start
             self.compile_seconds += time.perf_counter() - traced
             self._chunk_compiles += isinstance(key, tuple) and key[0] == "chunk"
@@ -404,9 +425,10 @@ class Trainer:
         if n == 0:
             return None
         indices = self._abstract_indices(template, n)
-        start = time.perf_counter()
-        self._lowered = (n, self._chunk_fn.lower(template, self.data, indices))
-        self.trace_seconds += time.perf_counter() - start
+        with collector_paused():
+            start = time.perf_counter()
+            self._lowered = (n, self._chunk_fn.lower(template, self.data, indices))
+            self.trace_seconds += time.perf_counter() - start
         try:
             cost = self._lowered[1].cost_analysis()
             cost = cost[0] if isinstance(cost, list) else cost
