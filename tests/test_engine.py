@@ -1,5 +1,6 @@
 import dataclasses
 import functools
+import gc
 
 import chex
 import jax
@@ -325,3 +326,22 @@ def test_a_models_cpu_block_sets_the_default_blocks_and_0_means_one_block():
     for bad in (-1, 2.0, True):
         with pytest.raises(ValueError, match="cpu_block must be an integer >= 0 or None"):
             dataclasses.replace(m, cpu_block=bad)
+
+
+def test_the_collector_is_paused_only_while_a_program_is_built():
+    from softcls_jax.engine.driver import collector_paused
+
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), collector_paused():
+        raise RuntimeError("a failing trace")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled()  # a caller's own setting is kept
+    finally:
+        gc.enable()
