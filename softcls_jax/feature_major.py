@@ -16,9 +16,13 @@ each 2-D value where that is free:
   transposed is computed on the transposed operands (transposition commutes with it), its other
   operands transposed (a bias ``(1, H)`` becomes ``(H, 1)``, a broadcast XLA folds);
 * a ``custom_jvp`` function made only of such primitives (``jax.nn.relu``) runs on the transposed
-  form too, keeping its own derivative rule (applied to the untransposed values);
+  form too, keeping its own derivative rule (whose jaxpr is evaluated the same way);
 * nested ``jit`` calls are inlined; any other primitive gets the value in its normal layout, one
   transpose materialised where needed.
+
+A program with a custom derivative that cannot be replayed is left as traced: a ``custom_vjp``
+anywhere, or a ``custom_jvp`` rule JAX does not give out as a jaxpr (a rule that closes over a value
+computed inside the model is traced only when differentiated, after the rewrite's trace ended).
 
 The model's input is given both ways, so a network whose first op is a dense layer runs
 feature-major from its first product to its logits. Values are the same as the function's own up to
@@ -33,7 +37,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.extend.core import ClosedJaxpr, Jaxpr, JaxprEqn, Literal
+from jax.extend.core import ClosedJaxpr, Jaxpr, JaxprEqn, Literal, jaxprs_in_params
 
 # primitives that act value by value (rank-0 operands and size-1 dimensions broadcast)
 ELEMENTWISE = frozenset(
@@ -64,6 +68,8 @@ def feature_major(fn: Callable[[Any, jax.Array], Any]) -> Callable[[Any, jax.Arr
 
     def rewritten(params: Any, x: jax.Array) -> Any:
         closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(params, x)
+        if not _replayable(closed.jaxpr):
+            return fn(params, x)
         leaves = jax.tree.leaves((params, x))
         ins = [_Value(a) for a in leaves]
         # the data is offered transposed too (computed only if used): a first dense layer starts there
@@ -112,11 +118,14 @@ def _equation(eqn: JaxprEqn, ins: list[_Value]) -> list[_Value]:
         return _run(inner.jaxpr, [_Value(c) for c in inner.consts], ins)
     if name == "dot_general" and _dense_transposable(eqn, ins):
         contract, _ = eqn.params["dimension_numbers"]
+        precision = eqn.params.get("precision")
+        if isinstance(precision, tuple):  # one per operand: they swap places
+            precision = precision[::-1]
         out_t = jax.lax.dot_general(  # (x W)ᵀ = Wᵀ xᵀ: (H, N)
             ins[1].normal(),
             ins[0].transposed(),
             (((contract[1][0],), (0,)), ((), ())),
-            precision=eqn.params.get("precision"),
+            precision=precision,
             preferred_element_type=eqn.params.get("preferred_element_type"),
         )
         return [_Value(t=out_t)]
@@ -147,6 +156,7 @@ def _dense_transposable(eqn: JaxprEqn, ins: list[_Value]) -> bool:
         and tuple(contract[0]) == (1,)
         and len(contract[1]) == 1
         and tuple(batch[0]) == ()
+        and eqn.params.get("out_sharding") is None
     )
 
 
@@ -184,8 +194,8 @@ def _elementwise_jaxpr(jaxpr: Jaxpr) -> bool:
 
 def _custom_jvp_transposed(eqn: JaxprEqn, operands: list[Any]) -> list[Any]:
     """A ``custom_jvp`` function of elementwise math (``jax.nn.relu``) on transposed operands, its
-    own derivative rule kept: the rule's jaxpr evaluated the same way where JAX gives it out, else
-    the rule applied to the operands transposed back."""
+    own derivative rule kept: the rule's jaxpr evaluated the same way (:func:`_replayable` checked
+    that JAX gives it out)."""
     closed = eqn.params["call_jaxpr"]
     two_d = [var.aval.ndim == 2 for var in eqn.invars]
     wrap = lambda xs: [_Value(t=x) if d else _Value(x) for x, d in zip(xs, two_d, strict=True)]
@@ -197,13 +207,7 @@ def _custom_jvp_transposed(eqn: JaxprEqn, operands: list[Any]) -> list[Any]:
 
     @call.defjvp
     def call_jvp(primals: tuple, tangents: tuple) -> tuple:
-        rule = _jvp_jaxpr(eqn)
-        if rule is None:
-            flip = lambda xs: [x.T if d else x for x, d in zip(xs, two_d, strict=True)]
-            own = lambda *xs: tuple(_bind(eqn, list(xs)))
-            out, out_dot = jax.jvp(own, flip(primals), flip(tangents))
-            return tuple(o.T for o in out), tuple(o.T for o in out_dot)
-        jaxpr, consts, out_zeros = rule
+        jaxpr, consts, out_zeros = _jvp_jaxpr(eqn)
         k = eqn.params["num_consts"]
         ins = wrap(primals)[k:] + wrap(tangents)[k:]
         outs = [v.transposed() for v in _run(jaxpr, [_Value(c) for c in consts], ins)]
@@ -219,10 +223,28 @@ def _custom_jvp_transposed(eqn: JaxprEqn, operands: list[Any]) -> list[Any]:
 def _jvp_jaxpr(eqn: JaxprEqn) -> tuple[Jaxpr, list[Any], list[bool]] | None:
     """The jaxpr of a ``custom_jvp_call``'s rule for nonzero tangents (traced at the call's own
     shapes): ``(jaxpr of primals and tangents, its consts, which output tangents are zero)``, or
-    None where this version of JAX does not give it out that way (``jax._src`` is not public)."""
+    None where it cannot be had now: a rule closing over a value of the finished trace, or a JAX
+    that does not give it out this way (``jvp_jaxpr_fun`` is not public API)."""
     try:
         n = len(eqn.invars) - eqn.params["num_consts"]
         jaxpr, consts, out_zeros = eqn.params["jvp_jaxpr_fun"].call_wrapped(*[False] * n)
-        return (jaxpr, list(consts), list(out_zeros)) if isinstance(jaxpr, Jaxpr) else None
     except Exception:
         return None
+    if not isinstance(jaxpr, Jaxpr) or any(isinstance(c, jax.core.Tracer) for c in consts):
+        return None
+    return jaxpr, list(consts), list(out_zeros)
+
+
+def _replayable(jaxpr: Jaxpr) -> bool:
+    """Whether every custom derivative in ``jaxpr`` (through every nested jaxpr) can be evaluated
+    again after its trace: no ``custom_vjp`` (its backward pass may close over the trace's values),
+    and every ``custom_jvp`` rule given out as a jaxpr (:func:`_jvp_jaxpr`)."""
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if "custom_vjp" in name:
+            return False
+        if name == "custom_jvp_call" and _jvp_jaxpr(eqn) is None:
+            return False
+        if not all(_replayable(inner) for inner in jaxprs_in_params(eqn.params)):
+            return False
+    return True

@@ -92,20 +92,68 @@ def test_relus_own_derivative_is_kept_at_zero():
         np.testing.assert_array_equal(a, b)
 
 
-def test_without_the_rules_jaxpr_the_rule_runs_on_transposed_back_values(monkeypatch):
-    """Where JAX does not give out a custom_jvp rule's jaxpr, the rule runs on the untransposed
-    values: the same gradients."""
+def test_without_the_rules_jaxpr_the_module_runs_as_traced(monkeypatch):
+    """Where JAX does not give out a custom_jvp rule's jaxpr, nothing is rewritten."""
     monkeypatch.setattr(feature_major, "_jvp_jaxpr", lambda eqn: None)
     fast = models.from_nnx(Dense, name="relu")
     plain = models.from_nnx(Dense, name="relu", feature_major=False)
     params = jax.vmap(plain.init)(jax.random.split(jax.random.key(0), 2))
-    x = jax.random.normal(jax.random.key(1), (8, 64)).at[:, :].multiply(jnp.arange(64) % 2)
+    x = jax.random.normal(jax.random.key(1), (8, 64))
+    program = lambda m: str(jax.make_jaxpr(lambda p: _grads(m.apply, p, x))(params))
+    assert program(fast) == program(plain)
+
+
+class Quantised(nnx.Module):
+    """A straight-through estimator whose step is computed inside the model, and a custom_vjp
+    clipping gradients at a bound computed from the data: both rules close over values of the
+    trace, which only the first trace can differentiate."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.a = nnx.Linear(64, 32, rngs=rngs)
+        self.out = nnx.Linear(32, 10, rngs=rngs)
+
+    def __call__(self, x):
+        step = jnp.exp2(-3.0) * (1.0 + 0.0 * jnp.mean(x))
+
+        @jax.custom_jvp
+        def quantise(z):
+            return jnp.round(z / step) * step
+
+        quantise.defjvp(lambda primals, tangents: (quantise(primals[0]), tangents[0]))
+        bound = jnp.std(x) + 1.0
+
+        @jax.custom_vjp
+        def clip_grad(z):
+            return z
+
+        clip_grad.defvjp(lambda z: (z, None), lambda _, g: (jnp.clip(g, -bound, bound),))
+        return self.out(clip_grad(nnx.relu(quantise(self.a(x)))))
+
+
+def test_rules_closing_over_the_trace_leave_the_program_as_traced():
+    fast = models.from_nnx(Quantised, name="quantised")
+    plain = models.from_nnx(Quantised, name="quantised", feature_major=False)
+    params = jax.vmap(plain.init)(jax.random.split(jax.random.key(0), 2))
+    x = jax.random.normal(jax.random.key(1), (8, 64))
     for a, b in zip(
-        jax.tree.leaves(_grads(fast.apply, params, x)),
+        jax.tree.leaves(jax.jit(_grads, static_argnums=0)(fast.apply, params, x)),
         jax.tree.leaves(_grads(plain.apply, params, x)),
         strict=True,
     ):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_a_precision_pair_follows_its_operand():
+    """``x @ W`` at (HIGHEST, DEFAULT) computes ``Wᵀ xᵀ`` at (DEFAULT, HIGHEST)."""
+    high, default = jax.lax.Precision.HIGHEST, jax.lax.Precision.DEFAULT
+    f = lambda w, x: jnp.matmul(x, w, precision=(high, default))
+    w, x = jnp.ones((3, 4)), jnp.ones((5, 3))
+    dots = [
+        e
+        for e in jax.make_jaxpr(feature_major.feature_major(f))(w, x).jaxpr.eqns
+        if e.primitive.name == "dot_general"
+    ]
+    assert len(dots) == 1 and tuple(dots[0].params["precision"]) == (default, high)
 
 
 def _batched_transposes(apply, params, x) -> list[tuple[int, ...]]:
