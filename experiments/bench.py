@@ -137,6 +137,20 @@ def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
 # ------------------------------------------------------------------ contenders
 
 
+def _predictors(model, params0, dataset) -> dict:
+    """Naive JAX's evaluation: ``model.apply`` compiled for the test and the training split."""
+    splits = {"test": dataset.x_test, "train": dataset.x_train}
+    return {s: jax.jit(model.apply).lower(params0, x).compile() for s, x in splits.items()}
+
+
+def _evaluate(predict: dict, params, dataset) -> float:
+    """The test accuracy of ``params``, after also predicting the training split, as the sweep's
+    evaluation does."""
+    accuracy = _accuracy(np.asarray(predict["test"](params, dataset.x_test)), dataset.y_test)
+    jax.block_until_ready(predict["train"](params, dataset.x_train))
+    return accuracy
+
+
 def time_trainer(trainer, steps: int) -> dict:
     """An engine trainer timed three ways: wall (all in), compile (tracing and XLA compilation of
     its init, minibatch-index, chunk and evaluation programs), and steady (a second run of the
@@ -173,10 +187,7 @@ def run_naive_jax(dataset, num_lrs, steps, params0, batches) -> dict:
     x_train, y_train = dataset.x_train, dataset.y_train
     compile_s, eval_s, accuracies = 0.0, 0.0, []
     start = time.perf_counter()
-    predict = {  # both splits, as the sweep's evaluation
-        split: jax.jit(model.apply).lower(params0, x).compile()
-        for split, x in (("test", dataset.x_test), ("train", x_train))
-    }
+    predict = _predictors(model, params0, dataset)
     compile_s += time.perf_counter() - start
     for config in trainer.layout.configs():
         loss_fn, lr = losses.get_loss(config.loss), config.learning_rate
@@ -194,10 +205,7 @@ def run_naive_jax(dataset, num_lrs, steps, params0, batches) -> dict:
         for idx in batches:
             params = compiled(params, x_train[idx], y_train[idx])
         t0 = time.perf_counter()
-        accuracies.append(
-            _accuracy(np.asarray(predict["test"](params, dataset.x_test)), dataset.y_test)
-        )
-        jax.block_until_ready(predict["train"](params, x_train))
+        accuracies.append(_evaluate(predict, params, dataset))
         eval_s += time.perf_counter() - t0
     wall = time.perf_counter() - start
     return {
@@ -481,10 +489,7 @@ def run_cnn_naive_jax(name: str, dataset, num_configs: int, steps: int, params0,
     start = time.perf_counter()
     args = (params0, adam.init(params0), x_train[batches[0]], y_train[batches[0]], 0.1)
     compiled = jax.jit(step).lower(*args).compile()
-    predict = {  # both splits, as the sweep's evaluation
-        split: jax.jit(model.apply).lower(params0, x).compile()
-        for split, x in (("test", dataset.x_test), ("train", x_train))
-    }
+    predict = _predictors(model, params0, dataset)
     compile_s = time.perf_counter() - start
     accuracies, eval_s = [], 0.0
     for config in trainer.layout.configs():
@@ -493,10 +498,7 @@ def run_cnn_naive_jax(name: str, dataset, num_configs: int, steps: int, params0,
         for idx in batches:
             params, opt_state = compiled(params, opt_state, x_train[idx], y_train[idx], lr)
         t0 = time.perf_counter()
-        accuracies.append(
-            _accuracy(np.asarray(predict["test"](params, dataset.x_test)), dataset.y_test)
-        )
-        jax.block_until_ready(predict["train"](params, x_train))
+        accuracies.append(_evaluate(predict, params, dataset))
         eval_s += time.perf_counter() - t0
     wall = time.perf_counter() - start
     return {

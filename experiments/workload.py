@@ -24,6 +24,7 @@ from flax import nnx
 from softcls_jax import data, engine, models
 
 HIDDEN = 128
+USER_MLP = ("feature_major", "as_traced")  # how workload(user=...) trains UserMLP
 BATCH = 128
 WORKLOADS = ("mlp", "cnn1d", "cnn2d", "user_cnn", "resnet")
 CNN_BATCH = 100
@@ -75,6 +76,8 @@ def workload(
     """The reference grid: num_lrs log-spaced rates 1e-3 … 1 × {CE, MSE}, one seed; ``user``:
     ``"feature_major"`` or ``"as_traced"`` trains :class:`UserMLP` through ``models.from_nnx``
     with its dense layers rewritten feature-major or as the module computes them."""
+    if user is not None and user not in USER_MLP:
+        raise ValueError(f"user must be one of {list(USER_MLP)} or None, got {user!r}")
     if user is None:
         model = models.make_model(
             "mlp", dataset.num_features, dataset.num_classes, hidden=(HIDDEN,)

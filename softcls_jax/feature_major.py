@@ -3,8 +3,8 @@
 The engine vmaps a model over many configs that share one minibatch. The built-in ``mlp`` keeps its
 activations ``(features, N)`` through the whole network (``models._dense_feature_major``), so every
 config's products have the batch ``N`` as their wide, vectorised dimension, never the 10 classes. A
-user's ``nnx.Linear`` stack computes ``(N, features)`` and ran about 30 % slower in the same grid
-(docs/performance.md). Swapping one layer at a time cannot keep the layout between layers (the user's
+user's ``nnx.Linear`` stack computes ``(N, features)`` and its steps ran about 40 % slower in the
+same grid (docs/performance.md). Swapping one layer at a time cannot keep the layout between layers (the user's
 activation functions sit in between), so :func:`feature_major` rewrites the traced function instead.
 
 The rewrite reads the function's jaxpr and evaluates it again, keeping a second, transposed form of

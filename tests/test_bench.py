@@ -39,6 +39,12 @@ def test_the_users_mlp_is_the_built_in_one(setup):
         np.testing.assert_array_equal(got["test_accuracy"], want["test_accuracy"])
 
 
+def test_an_unknown_user_mlp_variant_is_refused(setup):
+    dataset, steps, _, _ = setup
+    with pytest.raises(ValueError, match="user must be one of"):
+        bench.workload(2, steps, dataset, "feature-major")
+
+
 def test_torch_contenders_agree_when_torch_is_installed(setup):
     pytest.importorskip("torch")
     dataset, steps, params0, batches = setup
