@@ -832,9 +832,12 @@ def from_nnx(
         trains the module's program as traced.
 
     Raises:
-      ValueError: if ``build`` fails, ``__call__`` takes other required arguments, or the module's
+      ValueError: if ``feature_major`` is not a bool, ``build`` fails, ``__call__`` takes other
+        required arguments, or the module's
         state is not arrays or changes its structure in a training step (``nnx.sow``).
     """
+    if not isinstance(feature_major, bool):
+        raise ValueError(f"{name}: feature_major must be True or False, got {feature_major!r}")
     try:
         abstract = nnx.eval_shape(lambda: build(nnx.Rngs(0)))
     except Exception as e:

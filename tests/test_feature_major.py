@@ -220,3 +220,8 @@ def test_a_grid_trains_to_the_same_metrics_as_the_modules_own_program():
     plain = final(models.from_nnx(Dense, name="relu", feature_major=False))
     for metric in ("train_loss", "test_loss", "test_accuracy", "test_nll"):
         np.testing.assert_allclose(fast[metric], plain[metric], rtol=1e-5)
+
+
+def test_feature_major_must_be_a_bool():
+    with pytest.raises(ValueError, match="feature_major must be True or False, got 'no'"):
+        models.from_nnx(Dense, name="relu", feature_major="no")
