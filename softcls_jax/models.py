@@ -833,8 +833,8 @@ def from_nnx(
 
     Raises:
       ValueError: if ``feature_major`` is not a bool, ``build`` fails, ``__call__`` takes other
-        required arguments, or the module's
-        state is not arrays or changes its structure in a training step (``nnx.sow``).
+        required arguments, or the module's state is not arrays or changes its structure in a
+        training step (``nnx.sow``).
     """
     if not isinstance(feature_major, bool):
         raise ValueError(f"{name}: feature_major must be True or False, got {feature_major!r}")
