@@ -129,7 +129,7 @@ class Checkpointer:
 
     Args:
       directory: the checkpoint's directory (created on the first save).
-      trainer: the grid's trainer: its layout, placement and compiled digest program.
+      trainer: the grid's trainer: its layout, placement and digests.
       asynchronous: write in the background (default); False waits for every save (a benchmark's
         baseline).
       fresh: the run starts from scratch: a checkpoint the directory holds (of an earlier run) is

@@ -91,6 +91,8 @@ def numpy_digests(tree: Any) -> np.ndarray:
     another number of devices), which then need no device memory. The same values."""
     out = []
     for x in jax.tree.leaves(tree):
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x = jax.random.key_data(x)
         x = np.asarray(x)
         if x.dtype == np.bool_:
             w = x.astype(np.uint32)

@@ -39,6 +39,20 @@ def test_numpy_digests_equal_the_jitted_ones_on_every_dtype():
     assert digest.hex_digests(digest.numpy_digests(flipped))[0] != jitted[0]
 
 
+def test_a_small_state_is_digested_on_the_host_as_the_program_digests_it(digits_mlp, monkeypatch):
+    # Adam's state holds float and int leaves; the host path skips the compiled digest program.
+    model, d = digits_mlp
+    trainer = engine.Trainer(model, d, engine.Layout(("ce", "mse"), (0.1, 0.3), (0, 1)), SETTINGS)
+    state, _ = trainer.train()
+    on_host = trainer.digests(state)
+    assert "digest" not in trainer._compiled
+    monkeypatch.setattr(engine.driver, "HOST_DIGEST_ELEMENTS", 0)
+    assert trainer.digests(state) == on_host
+    assert "digest" in trainer._compiled
+    changed = state._replace(step=state.step + 1)
+    assert trainer.digests(changed)[-1] != on_host[-1]
+
+
 def test_a_fresh_run_replaces_an_earlier_runs_checkpoint(digits_mlp, tmp_path):
     """orbax skips a save at a step below the directory's latest: a run that does not resume
     clears the old checkpoint first, and resuming then continues the new run."""

@@ -43,6 +43,9 @@ CPU_BLOCK = 64
 # segments when the run can be stopped (SIGTERM), so a stop is reached within a few seconds.
 SEGMENT_SECONDS = 2.0
 ASSUMED_FLOPS_PER_S = 2e10  # below what this engine reaches on one CPU core; GPUs are far faster
+# A state of at most this many elements is digested by numpy on the host (Trainer.digests): a few
+# ms slower per checkpoint than the compiled program, which costs more than that to build.
+HOST_DIGEST_ELEMENTS = 1 << 22
 
 
 PARTIAL_METRICS = ("train_loss", "grad_norm")  # the chunk's metrics summed over its segments
@@ -400,8 +403,17 @@ class Trainer:
 
     def digests(self, state: GridState) -> list[str]:
         """:func:`softcls_jax.digest.tree_digests` of ``state`` (padded, on the devices) as hex,
-        one per leaf: the same for any sharding. It reads the whole state, so it is compiled at
-        the default level, not -O0 like the small index program (docs/performance.md)."""
+        one per leaf: the same for any sharding.
+
+        In one process, a state of at most :data:`HOST_DIGEST_ELEMENTS` elements is digested on
+        the host (:func:`~softcls_jax.digest.numpy_digests`, the same values): no program to
+        trace, lower and load at every launch (docs/performance.md). A larger state, or one spread
+        over processes, is digested by a compiled program on the devices, at the default level,
+        not -O0 like the small index program: it reads the whole state."""
+        if jax.process_count() == 1:
+            elements = sum(x.size for x in jax.tree.leaves(state))
+            if elements <= HOST_DIGEST_ELEMENTS:
+                return digest.hex_digests(digest.numpy_digests(state))
         fn = self._compiled_once("digest", self._digest_fn, state)
         return digest.hex_digests(fn(state))
 

@@ -277,7 +277,7 @@ def _select(mask: Array, new: Any, old: Any) -> Any:
     """Per-config ``where``: ``mask`` has the leading config axes of every leaf."""
 
     def pick(a: Array, b: Array) -> Array:
-        return jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - mask.ndim)), a, b)
+        return jax.lax.select(jax.lax.broadcast_in_dim(mask, a.shape, range(mask.ndim)), a, b)
 
     return jax.tree.map(pick, new, old)
 
