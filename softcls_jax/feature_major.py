@@ -42,7 +42,7 @@ from jax.extend.core import ClosedJaxpr, Jaxpr, JaxprEqn, Literal, jaxprs_in_par
 # primitives that act value by value (rank-0 operands and size-1 dimensions broadcast)
 ELEMENTWISE = frozenset(
     """abs acos acosh add and asin asinh atan atan2 atanh cbrt ceil clamp convert_element_type copy
-    copy_p cos cosh digamma div eq erf erf_inv erfc exp exp2 expm1 floor ge gt integer_pow is_finite
+    cos cosh digamma div eq erf erf_inv erfc exp exp2 expm1 floor ge gt integer_pow is_finite
     le lgamma log log1p logistic lt max min mul ne neg nextafter not or pow reduce_precision rem
     round rsqrt select_n sign sin sinh sqrt square sub tan tanh xor""".split()
 )

@@ -358,15 +358,21 @@ class Trainer:
             jax.block_until_ready(args)  # or the timer would also count a chunk still running
             cheap = llvm_level is not None and self.devices[0].platform == "cpu"
             options = {"xla_backend_optimization_level": llvm_level} if cheap else None
+            lowered = self._lower(fn, *args) if lowered is None else lowered
             with collector_paused():
                 start = time.perf_counter()
-                lowered = fn.lower(*args) if lowered is None else lowered
-                traced = time.perf_counter()
                 self._compiled[key] = lowered.compile(compiler_options=options)
-            self.trace_seconds += traced - start
-            self.compile_seconds += time.perf_counter() - traced
+            self.compile_seconds += time.perf_counter() - start
             self._chunk_compiles += isinstance(key, tuple) and key[0] == "chunk"
         return self._compiled[key]
+
+    def _lower(self, fn: Any, *args: Any) -> Any:
+        """``fn`` traced and lowered for ``args``, its time counted in :attr:`trace_seconds`."""
+        with collector_paused():
+            start = time.perf_counter()
+            lowered = fn.lower(*args)
+        self.trace_seconds += time.perf_counter() - start
+        return lowered
 
     def state_template(self) -> GridState:
         """Shapes and dtypes of :meth:`init_state`, computed without running it."""
@@ -437,10 +443,7 @@ class Trainer:
         if n == 0:
             return None
         indices = self._abstract_indices(template, n)
-        with collector_paused():
-            start = time.perf_counter()
-            self._lowered = (n, self._chunk_fn.lower(template, self.data, indices))
-            self.trace_seconds += time.perf_counter() - start
+        self._lowered = (n, self._lower(self._chunk_fn, template, self.data, indices))
         try:
             cost = self._lowered[1].cost_analysis()
             cost = cost[0] if isinstance(cost, list) else cost
